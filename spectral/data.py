@@ -1,0 +1,123 @@
+"""Training data: cached embedding shards streamed with WebDataset, joined to the sensor table.
+
+The sensor table is one small row per event, so it is held in memory and looked up by
+`__key__` (the event name) while the heavy shards stream. Shards are split across nodes
+and DataLoader workers by WebDataset itself, which is what lets Lightning's DDP scale
+this without code changes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytorch_lightning as pl_lightning
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader
+
+from spectral.features.sensors import SENSOR_FEATURES
+from spectral.io.audio import from_pcm16
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def split_shards(embed_dir: Path, split: str) -> list[Path]:
+    return sorted(Path(embed_dir).glob(f"{split}-[0-9]*.tar"))
+
+
+def shard_keys(shards: list[Path]) -> list[str]:
+    """Event names in shards, from tar headers only (no payload is decoded)."""
+    keys = []
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            keys.extend(m.name.rsplit(".", 2)[0] for m in tar.getmembers() if m.name.endswith(".json"))
+    return keys
+
+
+def load_sensor_table(path: Path) -> dict[str, np.ndarray]:
+    """event → float32 feature vector in SENSOR_FEATURES order (NaN = missing)."""
+    table = pl.read_parquet(path)
+    missing = [c for c in SENSOR_FEATURES if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: sensor table lacks columns {missing}; rerun the sensors stage")
+    values = table.select(SENSOR_FEATURES).fill_null(float("nan")).to_numpy().astype(np.float32)
+    return dict(zip(table["event"].to_list(), values, strict=True))
+
+
+@dataclass
+class JoinReport:
+    """Which events of a split reach training, and which are left out and why."""
+
+    split: str
+    used: int
+    without_sensors: list[str]
+
+
+class CachedShardDataModule(pl_lightning.LightningDataModule):
+    """Streams (embeddings [B, N, D], waveform [B, S], sensors [B, F], label [B]) per split."""
+
+    def __init__(self, embed_dir: Path, sensors_path: Path, batch_size: int = 16, num_workers: int = 0,
+                 shuffle_buffer: int = 256, seed: int = 0) -> None:
+        super().__init__()
+        self.embed_dir, self.sensors_path = Path(embed_dir), Path(sensors_path)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.sensors: dict[str, np.ndarray] = {}
+        self.joins: dict[str, JoinReport] = {}
+        self._shuffle_rng = random.Random(seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.sensors:
+            return
+        self.sensors = load_sensor_table(self.sensors_path)
+        for split in ("train", "val", "test"):
+            keys = shard_keys(split_shards(self.embed_dir, split))
+            lacking = [k for k in keys if k not in self.sensors]
+            self.joins[split] = JoinReport(split, len(keys) - len(lacking), lacking)
+        if self.joins["train"].used == 0:
+            raise ValueError(f"no training events with both cached shards in {self.embed_dir} and sensor rows in "
+                             f"{self.sensors_path}")
+
+    def train_labels(self) -> np.ndarray:
+        return np.array([json.loads(s["json"])["label"] for s in self._samples("train", decode=False)])
+
+    def train_sensor_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """NaN-aware mean/std of the training events' sensor features."""
+        keys = set(shard_keys(split_shards(self.embed_dir, "train")))
+        rows = np.stack([v for k, v in self.sensors.items() if k in keys])
+        return torch.from_numpy(np.nanmean(rows, axis=0)), torch.from_numpy(np.nanstd(rows, axis=0))
+
+    def _samples(self, split: str, decode: bool = True, shuffle: bool = False) -> wds.WebDataset:
+        urls = [str(p) for p in split_shards(self.embed_dir, split)]
+        dataset = wds.WebDataset(urls, shardshuffle=len(urls) if shuffle else False, seed=self.seed,
+                                 nodesplitter=wds.split_by_node, empty_check=False)
+        dataset = dataset.select(lambda s: s["__key__"] in self.sensors)
+        if shuffle and self.shuffle_buffer > 1:
+            dataset = dataset.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=self._shuffle_rng)
+        return dataset.map(self._to_tensors) if decode else dataset
+
+    def _to_tensors(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        embeddings = torch.from_numpy(np.load(io.BytesIO(sample["emb.npy"])).astype(np.float32))
+        waveform = torch.from_numpy(from_pcm16(np.load(io.BytesIO(sample["audio.npy"]))))
+        sensors = torch.from_numpy(self.sensors[sample["__key__"]].copy())
+        return embeddings, waveform, sensors, int(json.loads(sample["json"])["label"])
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(self._samples(split, shuffle=shuffle), batch_size=self.batch_size,
+                          num_workers=self.num_workers, persistent_workers=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

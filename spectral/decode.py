@@ -1,0 +1,144 @@
+"""The decode stage: raw event folders → per-split WebDataset shards of frames + audio.
+
+Pixels and waveforms are decoded once here so that every later stage streams compact
+arrays instead of re-opening media files. Every input folder ends up either in a shard
+or in report.json's rejections with the reason; one bad file never stops the run unless
+`strict` is set. Missing-modality policy: an event needs all three files (the fusion
+model has no path for an absent modality), so a missing or undecodable one rejects it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+
+from tqdm import tqdm
+
+from spectral.events import AUDIO_FILE, CLASS_NAMES, VIDEO_FILE, EventError, MediaError, find_event_folders, load_event
+from spectral.io.audio import load_audio, to_pcm16
+from spectral.io.video import load_video
+from spectral.shards import ShardWriter
+from spectral.splits import SPLITS, assign_split
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """decode.* and video.* params; defaults match params.yaml."""
+
+    num_frames: int = 16
+    size: int = 224
+    backend: str = "pyav"
+    interpolation: str = "bicubic"
+    splits: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
+    maxcount: int = 200
+    maxsize: int = 500_000_000
+    workers: int = 2
+    strict: bool = False
+
+
+class StrictModeError(RuntimeError):
+    """Raised in strict mode at the first rejected event."""
+
+
+def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpolation: str,
+                 require_label: bool = True) -> dict:
+    """One validated event as a shard sample; raises EventError naming the file at fault."""
+    event = load_event(folder, require_label=require_label)
+    try:
+        frames, video_info = load_video(str(event.video), num_frames, size, backend, interpolation)
+    except Exception as err:  # any decoder failure is a property of this file, not of the run
+        raise MediaError(event.name, VIDEO_FILE, f"cannot decode video: {err}") from None
+    try:
+        waveform, audio_info = load_audio(str(event.audio))
+    except Exception as err:
+        raise MediaError(event.name, AUDIO_FILE, f"cannot decode audio: {err}") from None
+    meta = {
+        "event": event.name,
+        "label": event.label,
+        "label_name": CLASS_NAMES[event.label] if event.label is not None else None,
+        "video": {**asdict(video_info), "backend": backend, "sampled_frames": num_frames},
+        "audio": asdict(audio_info),
+    }
+    return {"__key__": event.name, "frames.npy": frames, "audio.npy": to_pcm16(waveform), "json": meta}
+
+
+def _decode_or_reason(folder: Path, cfg: DecodeConfig) -> tuple[str, dict | None, str | None]:
+    try:
+        return folder.name, decode_event(folder, cfg.num_frames, cfg.size, cfg.backend, cfg.interpolation), None
+    except EventError as err:
+        return folder.name, None, str(err)
+    except Exception as err:  # never let one event kill a 10,000-event run
+        return folder.name, None, f"{folder.name}: unexpected error {type(err).__name__}: {err}"
+
+
+def _ordered_results(folders: list[Path], cfg: DecodeConfig) -> Iterator[tuple[str, dict | None, str | None]]:
+    """Results in input order; parallel workers never change the output bytes.
+
+    Work is submitted in small windows so memory stays bounded by the window, not the dataset.
+    """
+    if cfg.workers <= 1:
+        yield from (_decode_or_reason(folder, cfg) for folder in folders)
+        return
+    window = cfg.workers * 4
+    pending = iter(folders)
+    with ProcessPoolExecutor(cfg.workers) as pool:
+        while chunk := list(islice(pending, window)):
+            yield from pool.map(_decode_or_reason, chunk, [cfg] * len(chunk))
+
+
+def _clear_outputs(out_dir: Path) -> None:
+    for stale in [*out_dir.glob("*.tar"), *out_dir.glob("*.tar.tmp"), out_dir / "report.json"]:
+        stale.unlink(missing_ok=True)
+
+
+def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig) -> dict:
+    """Decode every event folder under events_dir into out_dir; writes report.json, returns it plus timing."""
+    started = time.perf_counter()
+    folders = find_event_folders(events_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clear_outputs(out_dir)
+    accepted: list[str] = []
+    rejected: list[dict] = []
+    per_split = dict.fromkeys(SPLITS, 0)
+    writers = {name: ShardWriter(out_dir, name, cfg.maxcount, cfg.maxsize) for name in SPLITS}
+    try:
+        for name, sample, reason in tqdm(_ordered_results(folders, cfg), total=len(folders), desc="decode", unit="event"):
+            if sample is None:
+                rejected.append({"event": name, "reason": reason})
+                if cfg.strict:
+                    raise StrictModeError(f"strict mode: {reason}")
+                continue
+            split = assign_split(name, cfg.splits)
+            sample["json"]["split"] = split
+            writers[split].write(sample)
+            per_split[split] += 1
+            accepted.append(name)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    shards = {name: [p.name for p in writer.close()] for name, writer in writers.items()}
+    report = {
+        "stage": "decode",
+        "events_dir": str(events_dir),
+        "inputs": len(folders),
+        "accepted_count": len(accepted),
+        "rejected_count": len(rejected),
+        "per_split": per_split,
+        "policy": "an event needs metadata.json with a known classification, video.mp4, audio.wav and sensors.csv; "
+                  "a missing, empty or undecodable file rejects the event",
+        "config": asdict(cfg),
+        "shards": shards,
+        "accepted": accepted,
+        "rejected": rejected,
+    }
+    # Timing stays out of report.json: the stage's outputs must be byte-identical across runs.
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return {**report, "seconds": round(time.perf_counter() - started, 3)}
+

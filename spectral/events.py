@@ -1,0 +1,152 @@
+"""The event-folder contract: what a recorded event is, its label, and why it may be rejected.
+
+Every stage meets raw recordings through this module, so the class list and the file
+names live here once and a malformed event produces the same typed, readable error
+wherever it is first touched.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+CLASS_NAMES: tuple[str, ...] = (
+    "Ruído_Ambiente",
+    "Interferência_Eletrônica",
+    "Anomalia_Correlacionada",
+    "Forma_Humanoide_Potencial",
+)
+"""The four classes; position = stable class index used in shards, models and metrics."""
+
+VIDEO_FILE = "video.mp4"
+AUDIO_FILE = "audio.wav"
+SENSORS_FILE = "sensors.csv"
+METADATA_FILE = "metadata.json"
+REQUIRED_FILES: tuple[str, ...] = (METADATA_FILE, VIDEO_FILE, AUDIO_FILE, SENSORS_FILE)
+EVENT_PREFIX = "event_"
+
+
+def _ascii_fold(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
+_FOLDED_TO_INDEX = {_ascii_fold(name): index for index, name in enumerate(CLASS_NAMES)}
+
+
+class EventError(Exception):
+    """An event that cannot be used; the message names the event and the file at fault."""
+
+    def __init__(self, event: str, file: str | None, problem: str) -> None:
+        self.event, self.file, self.problem = event, file, problem
+        where = f"{event}/{file}" if file else event
+        super().__init__(f"{where}: {problem}")
+
+
+class MissingFileError(EventError):
+    """A required file is absent or empty."""
+
+
+class MetadataError(EventError):
+    """metadata.json is unreadable or not a JSON object."""
+
+
+class LabelError(EventError):
+    """The classification is missing or not one of CLASS_NAMES."""
+
+
+class MediaError(EventError):
+    """A media or sensor file exists but cannot be decoded."""
+
+
+def label_index(label: str) -> int:
+    """Index of a class name; accents and case are folded so "Ruido_Ambiente" is accepted.
+
+    Phones and spreadsheets routinely strip diacritics, and the folded names are still
+    unambiguous, so refusing them would only lose real events.
+    """
+    try:
+        return _FOLDED_TO_INDEX[_ascii_fold(label.strip())]
+    except KeyError:
+        raise ValueError(f"unknown class {label!r}; expected one of {', '.join(CLASS_NAMES)}") from None
+
+
+@dataclass(frozen=True)
+class Event:
+    """A validated event folder. `label` is None for unlabeled events (inference only)."""
+
+    path: Path
+    label: int | None
+    metadata: dict
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def video(self) -> Path:
+        return self.path / VIDEO_FILE
+
+    @property
+    def audio(self) -> Path:
+        return self.path / AUDIO_FILE
+
+    @property
+    def sensors(self) -> Path:
+        return self.path / SENSORS_FILE
+
+
+def read_metadata(folder: Path) -> dict:
+    """metadata.json as a dict; UTF-8 with or without a byte-order mark."""
+    path = folder / METADATA_FILE
+    if not path.is_file():
+        raise MissingFileError(folder.name, METADATA_FILE, "file is missing")
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MetadataError(folder.name, METADATA_FILE, f"not valid UTF-8 JSON ({err})") from None
+    if not isinstance(metadata, dict):
+        raise MetadataError(folder.name, METADATA_FILE, "top level must be a JSON object")
+    return metadata
+
+
+def load_event(folder: Path, *, require_label: bool = True) -> Event:
+    """Validate an event folder; raise an EventError subclass naming the first problem found."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MissingFileError(folder.name, None, "event folder does not exist")
+    if not folder.name.startswith(EVENT_PREFIX):
+        raise EventError(folder.name, None, f"folder name must start with {EVENT_PREFIX!r}")
+    metadata = read_metadata(folder)
+    for file in REQUIRED_FILES[1:]:
+        path = folder / file
+        if not path.is_file():
+            raise MissingFileError(folder.name, file, "file is missing")
+        if path.stat().st_size == 0:
+            raise MissingFileError(folder.name, file, "file is empty")
+    raw_label = metadata.get("classification")
+    if raw_label is None:
+        if require_label:
+            raise LabelError(folder.name, METADATA_FILE, "no 'classification' field (unlabeled event)")
+        return Event(folder, None, metadata)
+    if not isinstance(raw_label, str):
+        raise LabelError(folder.name, METADATA_FILE, f"'classification' must be a string, got {raw_label!r}")
+    try:
+        label = label_index(raw_label)
+    except ValueError as err:
+        raise LabelError(folder.name, METADATA_FILE, str(err)) from None
+    return Event(folder, label, metadata)
+
+
+def find_event_folders(root: Path) -> list[Path]:
+    """Every visible sub-folder of root, sorted by name so every stage sees the same order.
+
+    Folders that break the naming contract are returned too: stages reject them with a
+    reason instead of skipping them silently.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"events directory {root} does not exist")
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

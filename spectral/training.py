@@ -1,0 +1,184 @@
+"""Lightning training of the fusion model on the cached shards, and export of the best checkpoint.
+
+The recipe is the spec's (AdamW, ReduceLROnPlateau on val_loss, top-3 checkpoints,
+early stopping); everything about the loop (devices, precision, DDP) stays in the
+Trainer, so moving from this CPU to eight GPUs is a params change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from spectral.data import CachedShardDataModule
+from spectral.events import CLASS_NAMES
+from spectral.features.sensors import SENSOR_FEATURES
+from spectral.models.artifact import export_model
+from spectral.models.backbone import BackboneInfo, FrameEncoder, create_backbone
+from spectral.models.fusion import SpectralFusionModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """train.* params; defaults match the spec and params.yaml."""
+
+    seed: int = 42
+    max_epochs: int = 50
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_factor: float = 0.5
+    lr_patience: int = 5
+    early_stopping_patience: int = 10
+    class_weights: str = "auto"   # auto: inverse-frequency weights when the largest class is >1.5x the smallest
+    accelerator: str = "auto"
+    devices: str | int = "auto"
+    precision: str = "32-true"
+    num_workers: int = 0
+    shuffle_buffer: int = 256
+    logger: str = "dvclive"       # dvclive | wandb | none; a CSV log is always written
+
+
+class SpectralLightningModule(pl.LightningModule):
+    """Loss, metrics and optimiser around SpectralFusionModel."""
+
+    def __init__(self, num_sensor_features: int, video_dim: int, num_classes: int = len(CLASS_NAMES),
+                 lr: float = 1e-3, weight_decay: float = 1e-4, lr_factor: float = 0.5, lr_patience: int = 5,
+                 class_weights: list[float] | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = SpectralFusionModel(num_sensor_features, num_classes, video_dim)
+        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.criterion = nn.CrossEntropyLoss(weight=weight)
+        self.metrics = nn.ModuleDict({
+            f"{split}_{name}": metric
+            for split in ("train", "val", "test")
+            for name, metric in (("acc", MulticlassAccuracy(num_classes, average="micro")),
+                                 ("f1", MulticlassF1Score(num_classes, average="macro")))
+        })
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, sensors: torch.Tensor) -> torch.Tensor:
+        return self.model(video, audio, sensors)
+
+    def _step(self, batch, split: str) -> torch.Tensor:
+        video, audio, sensors, labels = batch
+        logits = self(video, audio, sensors)
+        loss = self.criterion(logits, labels)
+        preds = logits.argmax(dim=1)
+        on_step = split == "train"
+        self.log(f"{split}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
+        for name in ("acc", "f1"):
+            metric = self.metrics[f"{split}_{name}"]
+            metric(preds, labels)
+            self.log(f"{split}_{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "acc")
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=self.hparams.lr_factor,
+                                                               patience=self.hparams.lr_patience)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+
+
+def inverse_frequency_weights(labels: np.ndarray, num_classes: int, mode: str) -> list[float] | None:
+    """Class weights for the loss: None when balanced enough (or mode 'none'), else n / (k * count)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    if mode == "none" or counts.min() > 0 and counts.max() / counts.min() <= 1.5 and mode == "auto":
+        return None
+    weights = labels.size / (num_classes * np.maximum(counts, 1.0))
+    return [round(float(w), 6) for w in weights]
+
+
+def _loggers(cfg: TrainConfig, out_dir: Path, dvclive_dir: Path) -> list:
+    loggers = [CSVLogger(str(out_dir), name="csv_logs", version="")]
+    if cfg.logger == "dvclive":
+        from dvclive.lightning import DVCLiveLogger
+        # dvcyaml=None: dvc.yaml declares dvclive's outputs itself; DVCLive must not rewrite it mid-repro.
+        loggers.append(DVCLiveLogger(dir=str(dvclive_dir), dvcyaml=None, save_dvc_exp=False))
+    elif cfg.logger == "wandb":
+        loggers.append(pl.loggers.WandbLogger(project="spectral", save_dir=str(out_dir)))
+    return loggers
+
+
+def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, weights: str,
+          dvclive_dir: Path = Path("dvclive")) -> dict:
+    """Fit, export `out_dir/model.pt` from the best checkpoint, return a summary (also train_summary.json)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+    manifest = json.loads((Path(embed_dir) / "manifest.json").read_text(encoding="utf-8"))
+    info = BackboneInfo(**{**manifest["backbone"], "mean": tuple(manifest["backbone"]["mean"]),
+                           "std": tuple(manifest["backbone"]["std"])})
+    data = CachedShardDataModule(embed_dir, sensors_path, cfg.batch_size, cfg.num_workers, cfg.shuffle_buffer, cfg.seed)
+    data.setup("fit")
+    labels = data.train_labels()
+    class_weights = inverse_frequency_weights(labels, len(CLASS_NAMES), cfg.class_weights)
+    module = SpectralLightningModule(len(SENSOR_FEATURES), info.embedding_dim, lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay, lr_factor=cfg.lr_factor,
+                                     lr_patience=cfg.lr_patience, class_weights=class_weights)
+    module.model.sensors.set_statistics(*data.train_sensor_statistics())
+    checkpoint = ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), filename="spectral-{epoch:02d}-{val_loss:.3f}",
+                                 monitor="val_loss", mode="min", save_top_k=3)
+    trainer = pl.Trainer(
+        max_epochs=cfg.max_epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        precision=cfg.precision,
+        deterministic="warn",
+        logger=_loggers(cfg, out_dir, Path(dvclive_dir)),
+        callbacks=[checkpoint, EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience, mode="min"),
+                   LearningRateMonitor(logging_interval="epoch")],
+        enable_progress_bar=True,
+        log_every_n_steps=1,
+    )
+    trainer.fit(module, datamodule=data)
+    best = SpectralLightningModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu")
+    backbone, live_info = create_backbone(info.name, weights)
+    if live_info.weights_sha256 != info.weights_sha256:
+        raise RuntimeError(f"video.weights={weights!r} resolves to {live_info.weights} (sha256 "
+                           f"{live_info.weights_sha256}), but the embeddings were made with {info.weights} "
+                           f"(sha256 {info.weights_sha256}); rerun the embed stage")
+    config = {
+        "backbone": info.to_dict(),
+        "video": manifest["video"],
+        "audio": {"sample_rate": 44_100, "samples": 220_500},
+        "sensor_features": list(SENSOR_FEATURES),
+        "class_names": list(CLASS_NAMES),
+        "class_weights": class_weights,
+        "train": asdict(cfg),
+    }
+    size = export_model(best.model, FrameEncoder(backbone, info), config, out_dir / "model.pt")
+    summary = {
+        "best_checkpoint": Path(checkpoint.best_model_path).name,
+        "best_val_loss": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "epochs_run": trainer.current_epoch,
+        "train_events": int(labels.size),
+        "train_class_counts": np.bincount(labels, minlength=len(CLASS_NAMES)).tolist(),
+        "class_weights": class_weights,
+        "events_without_sensor_row": {s: j.without_sensors for s, j in data.joins.items()},
+        "model_bytes": size,
+    }
+    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    log.info("training done: %s", summary)
+    return summary
