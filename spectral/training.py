@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,7 +46,7 @@ class TrainConfig:
     class_weights: str = "auto"   # auto: inverse-frequency weights when the largest class is >1.5x the smallest
     accelerator: str = "auto"
     devices: str | int = "auto"
-    precision: str = "32-true"
+    precision: str = "bf16-mixed"
     num_workers: int = 0
     shuffle_buffer: int = 256
     logger: str = "dvclive"       # dvclive | wandb | none; a CSV log is always written
@@ -125,6 +126,9 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
           dvclive_dir: Path = Path("dvclive")) -> dict:
     """Fit, export `out_dir/model.pt` from the best checkpoint, return a summary (also train_summary.json)."""
     out_dir = Path(out_dir)
+    checkpoints = out_dir / "checkpoints"
+    if checkpoints.is_dir():  # stale checkpoints of an earlier run must not compete for "best"
+        shutil.rmtree(checkpoints)
     out_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
     manifest = json.loads((Path(embed_dir) / "manifest.json").read_text(encoding="utf-8"))
@@ -138,7 +142,7 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
                                      weight_decay=cfg.weight_decay, lr_factor=cfg.lr_factor,
                                      lr_patience=cfg.lr_patience, class_weights=class_weights)
     module.model.sensors.set_statistics(*data.train_sensor_statistics())
-    checkpoint = ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), filename="spectral-{epoch:02d}-{val_loss:.3f}",
+    checkpoint = ModelCheckpoint(dirpath=str(checkpoints), filename="spectral-{epoch:02d}-{val_loss:.3f}",
                                  monitor="val_loss", mode="min", save_top_k=3)
     trainer = pl.Trainer(
         max_epochs=cfg.max_epochs,

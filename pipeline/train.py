@@ -1,0 +1,14 @@
+"""DVC stage `train`: fit the fusion model on cached shards, export models/model.pt (params: train.*)."""
+
+import sys
+from pathlib import Path
+
+import yaml
+
+from spectral.training import TrainConfig, train
+
+params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+summary = train(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), TrainConfig(**params["train"]),
+                weights=params["video"]["weights"])
+print(f"train: best val_loss {summary['best_val_loss']:.4f} after {summary['epochs_run']} epochs; "
+      f"model {summary['model_bytes'] / 1e6:.1f} MB")

@@ -1,0 +1,5 @@
+import sys
+
+from spectral.cli import main
+
+sys.exit(main())

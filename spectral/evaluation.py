@@ -1,0 +1,162 @@
+"""Held-out evaluation: metrics, calibration, modality ablation, and plots DVC can render.
+
+Validation picked the checkpoint, so the test split is the honest number. The ablation
+replaces one branch's embedding by its training-set mean (the model sees "an average
+video", say) and measures what is lost, which is how we prove the classes need fusion.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from spectral.data import CachedShardDataModule  # noqa: E402
+from spectral.models.artifact import load_model  # noqa: E402
+from spectral.models.fusion import SpectralFusionModel  # noqa: E402
+
+MODALITIES = ("video", "audio", "sensors")
+
+
+@torch.no_grad()
+def branch_outputs(model: SpectralFusionModel, loader) -> tuple[list[torch.Tensor], np.ndarray]:
+    """Per-branch embeddings of every sample, and labels."""
+    parts: list[list[torch.Tensor]] = [[], [], []]
+    labels = []
+    for video, audio, sensors, label in loader:
+        for store, emb in zip(parts, model.branch_embeddings(video, audio, sensors), strict=True):
+            store.append(emb)
+        labels.append(label)
+    return [torch.cat(p) for p in parts], torch.cat(labels).numpy()
+
+
+def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str],
+                           bins: int = 10) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, expected calibration error."""
+    k = len(class_names)
+    preds = probabilities.argmax(axis=1)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (labels, preds), 1)
+    per_class = {}
+    f1s = []
+    for i, name in enumerate(class_names):
+        tp = confusion[i, i]
+        precision = tp / confusion[:, i].sum() if confusion[:, i].sum() else 0.0
+        recall = tp / confusion[i].sum() if confusion[i].sum() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": round(float(precision), 4), "recall": round(float(recall), 4),
+                           "f1": round(float(f1), 4), "support": int(confusion[i].sum())}
+        f1s.append(f1)
+    confidence = probabilities.max(axis=1)
+    correct = preds == labels
+    edges = np.linspace(0, 1, bins + 1)
+    reliability, ece = [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            gap = abs(correct[in_bin].mean() - confidence[in_bin].mean())
+            ece += in_bin.mean() * gap
+            reliability.append({"bin_confidence": round(float(confidence[in_bin].mean()), 4),
+                                "accuracy": round(float(correct[in_bin].mean()), 4), "count": int(in_bin.sum())})
+    return {
+        "accuracy": round(float(correct.mean()), 4) if labels.size else 0.0,
+        "macro_f1": round(float(np.mean(f1s)), 4),
+        "ece": round(float(ece), 4),
+        "per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
+        "reliability": reliability,
+    }
+
+
+def _probabilities(model: SpectralFusionModel, parts: list[torch.Tensor]) -> np.ndarray:
+    with torch.no_grad():
+        return torch.softmax(model.classify(*parts), dim=1).numpy()
+
+
+def ablation_table(model: SpectralFusionModel, test_parts: list[torch.Tensor], train_means: list[torch.Tensor],
+                   labels: np.ndarray, class_names: list[str]) -> dict:
+    """Accuracy/macro-F1 with all modalities, without each one, and with each one alone."""
+    def score(keep: set[str]) -> dict:
+        parts = [p if m in keep else mean.expand_as(p)
+                 for m, p, mean in zip(MODALITIES, test_parts, train_means, strict=True)]
+        metrics = classification_metrics(_probabilities(model, parts), labels, class_names)
+        return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+
+    table = {"all": score(set(MODALITIES))}
+    for m in MODALITIES:
+        table[f"without_{m}"] = score(set(MODALITIES) - {m})
+    for m in MODALITIES:
+        table[f"only_{m}"] = score({m})
+    return table
+
+
+def _plot_confusion(confusion: list[list[int]], class_names: list[str], path: Path) -> None:
+    matrix = np.array(confusion)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    ax.imshow(matrix, cmap="Blues")
+    short = [n.replace("_", "\n") for n in class_names]
+    ax.set_xticks(range(len(short)), short, fontsize=8)
+    ax.set_yticks(range(len(short)), short, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > matrix.max() / 2 else "black")
+    ax.set_title("Test confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_reliability(reliability: list[dict], ece: float, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.plot([r["bin_confidence"] for r in reliability], [r["accuracy"] for r in reliability], "o-", label="model")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability (ECE {ece:.3f})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path: Path, plots_dir: Path,
+             batch_size: int = 32) -> dict:
+    """Score the exported model on the test split; write metrics JSON and plot data/images."""
+    model, config = load_model(model_path)
+    class_names = config["class_names"]
+    data = CachedShardDataModule(embed_dir, sensors_path, batch_size=batch_size)
+    data.setup("test")
+    train_parts, _ = branch_outputs(model, data._loader("train"))
+    train_means = [p.mean(dim=0, keepdim=True) for p in train_parts]
+    test_parts, labels = branch_outputs(model, data.test_dataloader())
+    if labels.size == 0:
+        raise ValueError(f"the test split in {embed_dir} is empty: add events or raise decode.splits.test")
+    metrics = classification_metrics(_probabilities(model, test_parts), labels, class_names)
+    preds = _probabilities(model, test_parts).argmax(axis=1)
+    metrics["ablation"] = ablation_table(model, test_parts, train_means, labels, class_names)
+    metrics["test_events"] = int(labels.size)
+    metrics["events_without_sensor_row"] = data.joins["test"].without_sensors
+    metrics_path = Path(metrics_path)
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    plots_dir = Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    with open(plots_dir / "confusion.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["actual", "predicted"])
+        writer.writerows((class_names[a], class_names[p]) for a, p in zip(labels, preds, strict=True))
+    with open(plots_dir / "reliability.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["bin_confidence", "accuracy", "count"])
+        writer.writeheader()
+        writer.writerows(metrics["reliability"])
+    _plot_confusion(metrics["confusion_matrix"], class_names, plots_dir / "confusion_matrix.png")
+    _plot_reliability(metrics["reliability"], metrics["ece"], plots_dir / "reliability.png")
+    return metrics

@@ -1,0 +1,77 @@
+"""`spectral predict`: raw event folders → class + confidence, with the decode stage's own code.
+
+Frames are sampled and resized exactly as the exported model's config says (the same
+function the decode stage runs), sensors go through the same feature schema, and the
+whole model (frozen backbone included) runs on batches of events. A bad event yields an
+error object, never a crash of the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spectral.decode import decode_event
+from spectral.events import SENSORS_FILE, EventError
+from spectral.features.sensors import sensor_features
+from spectral.io.audio import from_pcm16
+from spectral.models.artifact import load_model
+from spectral.models.fusion import SpectralFusionModel
+
+
+class Predictor:
+    """Holds the loaded model; `predict` takes event folders and yields one dict per event."""
+
+    def __init__(self, model_path: Path, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model: SpectralFusionModel
+        self.model, self.config = load_model(model_path, map_location=self.device)
+        self.model.to(self.device)
+        self.class_names: list[str] = self.config["class_names"]
+
+    def _prepare(self, folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        video = self.config["video"]
+        sample = decode_event(folder, video["num_frames"], video["size"], video["backend"], video["interpolation"],
+                              require_label=False)
+        try:
+            sensors = sensor_features(folder / SENSORS_FILE).astype(np.float32)
+        except Exception as err:
+            raise EventError(folder.name, SENSORS_FILE, f"cannot read sensors: {err}") from None
+        return sample["frames.npy"], from_pcm16(sample["audio.npy"]), sensors
+
+    @torch.inference_mode()
+    def _run(self, names: list[str], inputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Iterator[dict]:
+        frames, audio, sensors = (torch.from_numpy(np.stack(parts)).to(self.device) for parts in zip(*inputs))
+        indices, confidences, probabilities = self.model.predict(frames, audio, sensors)
+        for name, index, confidence, probs in zip(names, indices.tolist(), confidences.tolist(),
+                                                  probabilities.tolist(), strict=True):
+            yield {
+                "event": name,
+                "class": self.class_names[index],
+                "confidence": round(confidence, 6),
+                "probabilities": {c: round(p, 6) for c, p in zip(self.class_names, probs, strict=True)},
+            }
+
+    def predict(self, folders: list[Path], batch_size: int = 8) -> Iterator[dict]:
+        """One result per folder, in order: a prediction or {"event", "error"}."""
+        names: list[str] = []
+        inputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for folder in map(Path, folders):
+            try:
+                inputs.append(self._prepare(folder))
+                names.append(folder.name)
+            except Exception as err:  # reported per event; the rest of the batch goes on
+                # flush what is pending first, so results keep the input order
+                if names:
+                    yield from self._run(names, inputs)
+                    names, inputs = [], []
+                yield {"event": folder.name, "error": str(err)}
+                continue
+            if len(names) >= batch_size:
+                yield from self._run(names, inputs)
+                names, inputs = [], []
+        if names:
+            yield from self._run(names, inputs)
