@@ -133,7 +133,8 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig) -> dict:
         "per_split": per_split,
         "policy": "an event needs metadata.json with a known classification, video.mp4, audio.wav and sensors.csv; "
                   "a missing, empty or undecodable file rejects the event",
-        "config": asdict(cfg),
+        # only what shapes the data: workers and strictness must not change the output's hash
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("workers", "strict")},
         "shards": shards,
         "accepted": accepted,
         "rejected": rejected,

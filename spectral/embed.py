@@ -61,28 +61,20 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
         else torch.float32
 
 
-def build_encoder(cfg: EmbedConfig) -> tuple[FrameEncoder, BackboneInfo, torch.device, torch.dtype]:
+def build_encoder(cfg: EmbedConfig) -> tuple[FrameEncoder, BackboneInfo, torch.device]:
     backbone, info = create_backbone(cfg.backbone, cfg.weights)
     device = resolve_device(cfg.device)
-    dtype = resolve_precision(cfg.precision, device)
-    encoder = FrameEncoder(backbone, info).to(device).eval()
-    if cfg.channels_last:
-        encoder = encoder.to(memory_format=torch.channels_last)
+    encoder = FrameEncoder(backbone, info, resolve_precision(cfg.precision, device), cfg.channels_last)
+    encoder = encoder.to(device).eval()
     if cfg.compile:
-        encoder = torch.compile(encoder)
-    return encoder, info, device, dtype
+        encoder.backbone = torch.compile(encoder.backbone)
+    return encoder, info, device
 
 
 @torch.inference_mode()
-def encode_frames(encoder: FrameEncoder, frames: torch.Tensor, device: torch.device, dtype: torch.dtype,
-                  channels_last: bool = True) -> torch.Tensor:
-    """Embeddings of a frame batch under autocast at `dtype`; returned as float32 on the CPU."""
-    frames = frames.to(device, non_blocking=True)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        x = encoder.normalize(frames)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return encoder.backbone(x).float().cpu()
+def encode_frames(encoder: FrameEncoder, frames: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Embeddings of a uint8 frame batch, float32 on the CPU."""
+    return encoder(frames.to(device, non_blocking=True)).cpu()
 
 
 def _frames_as_tensor(sample: dict) -> dict:
@@ -119,7 +111,7 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in [*out_dir.glob("*.tar"), *out_dir.glob("*.tar.tmp")]:
         stale.unlink()
-    encoder, info, device, dtype = build_encoder(cfg)
+    encoder, info, device = build_encoder(cfg)
     counts = dict.fromkeys(SPLITS, 0)
     frames_done, seconds = 0, 0.0
     started = time.perf_counter()
@@ -132,7 +124,7 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig) -> dict:
         for group in _batched_events(iter(_loader(shards, cfg.num_workers, device.type == "cuda")), cfg.batch_frames):
             frames = torch.cat([s["frames"] for s in group])
             batch_started = time.perf_counter()
-            embeddings = encode_frames(encoder, frames, device, dtype, cfg.channels_last)
+            embeddings = encode_frames(encoder, frames, device)
             seconds += time.perf_counter() - batch_started
             offset = 0
             for sample in group:
@@ -162,7 +154,7 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig) -> dict:
         "backbone": info.to_dict(),
         # how frames were sampled and resized: inference on raw events must do the same
         "video": {key: decode_config[key] for key in ("num_frames", "size", "interpolation", "backend")},
-        "precision": str(dtype).removeprefix("torch."),
+        "precision": str(encoder.precision).removeprefix("torch."),
         "device_type": device.type,
         "channels_last": cfg.channels_last,
         "per_split": counts,

@@ -165,6 +165,7 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
                            f"(sha256 {info.weights_sha256}); rerun the embed stage")
     config = {
         "backbone": info.to_dict(),
+        "embedding_precision": manifest["precision"],
         "video": manifest["video"],
         "audio": {"sample_rate": 44_100, "samples": 220_500},
         "sensor_features": list(SENSOR_FEATURES),

@@ -60,6 +60,8 @@ def read_sensor_table(path: Path) -> pl.DataFrame:
     frame = pl.read_csv(path, infer_schema_length=0, truncate_ragged_lines=True)  # all strings: parse ourselves
     frame = frame.rename({c: c.strip().lower() for c in frame.columns})
     known = [c for c in (*NUMERIC_COLUMNS, *FLAG_COLUMNS) if c in frame.columns]
+    if not known:
+        raise ValueError(f"none of the known sensor columns is present (found {frame.columns})")
     frame = frame.select([_as_float(frame, c, c in FLAG_COLUMNS) for c in known])
     if "timestamp" in frame.columns:
         frame = frame.sort("timestamp", nulls_last=True, maintain_order=True)

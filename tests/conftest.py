@@ -1,0 +1,46 @@
+"""Shared tiny datasets: real synthetic events, decoded, embedded and trained once per session."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from spectral.decode import DecodeConfig, run_decode  # noqa: E402
+from spectral.embed import EmbedConfig, run_embed  # noqa: E402
+from spectral.features.table import run_sensors  # noqa: E402
+from spectral.synth import SynthConfig, generate  # noqa: E402
+
+TINY_SYNTH = SynthConfig(fps=10, duration_s=2.0, width=96, height=64)
+TINY_DECODE = DecodeConfig(num_frames=4, size=224, workers=1, splits={"train": 0.6, "val": 0.2, "test": 0.2})
+
+
+@pytest.fixture(scope="session")
+def tiny_events(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("events")
+    generate(root, 16, seed=1, cfg=TINY_SYNTH)
+    return root
+
+
+@pytest.fixture(scope="session")
+def decoded(tiny_events, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("decoded")
+    run_decode(tiny_events, out, TINY_DECODE)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sensor_table(tiny_events, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sensors") / "sensors.parquet"
+    run_sensors(tiny_events, out, TINY_DECODE.splits)
+    return out
+
+
+@pytest.fixture(scope="session")
+def embedded(decoded, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("embeddings")
+    run_embed(decoded, out, EmbedConfig(batch_frames=32))
+    return out

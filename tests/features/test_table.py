@@ -1,0 +1,35 @@
+import hashlib
+import json
+
+import polars as pl
+import pytest
+
+from spectral.features.sensors import SENSOR_FEATURES
+from spectral.features.table import StrictModeError, run_sensors
+
+SPLITS = {"train": 0.6, "val": 0.2, "test": 0.2}
+
+
+def test_table_schema_accounting_and_determinism(tiny_events, tmp_path):
+    bad = tiny_events.parent / "bad_events"
+    if not bad.exists():
+        bad.mkdir()
+        for src in sorted(tiny_events.iterdir())[:3]:
+            dst = bad / src.name
+            dst.mkdir()
+            for f in src.iterdir():
+                dst.joinpath(f.name).write_bytes(f.read_bytes())
+        (bad / "event_00001" / "sensors.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    report = run_sensors(bad, tmp_path / "s.parquet", SPLITS)
+    first = hashlib.sha256((tmp_path / "s.parquet").read_bytes()).hexdigest()
+    run_sensors(bad, tmp_path / "s.parquet", SPLITS)
+    assert hashlib.sha256((tmp_path / "s.parquet").read_bytes()).hexdigest() == first
+    table = pl.read_parquet(tmp_path / "s.parquet")
+    assert table.columns == ["event", "split", "label", "label_name", *SENSOR_FEATURES]
+    assert table["event"].to_list() == ["event_00000", "event_00002"]
+    assert report["rejected"] == [{"event": "event_00001", "reason": report["rejected"][0]["reason"]}]
+    assert report["rejected"][0]["reason"].startswith("event_00001/sensors.csv: cannot read sensors")
+    saved = json.loads((tmp_path / "s_report.json").read_text(encoding="utf-8"))
+    assert saved["accepted"] == ["event_00000", "event_00002"]
+    with pytest.raises(StrictModeError):
+        run_sensors(bad, tmp_path / "strict.parquet", SPLITS, strict=True)

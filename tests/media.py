@@ -1,0 +1,57 @@
+"""Real media files made by the tests themselves: clips whose frame k encodes k, WAVs in many formats."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import soundfile as sf
+
+CODECS = {  # codec → container extension
+    "libx264": "mp4",
+    "libx265": "mp4",
+    "libvpx-vp9": "webm",
+    "mpeg4": "avi",
+}
+
+
+def index_frame(k: int, width: int, height: int) -> np.ndarray:
+    """Left half bright 8*(k % 32), right half 8*(k // 32): a decoded frame reveals its index (k < 1024)."""
+    frame = np.empty((height, width, 3), dtype=np.uint8)
+    frame[:, : width // 2] = 8 * (k % 32)
+    frame[:, width // 2 :] = 8 * (k // 32)
+    return frame
+
+
+def frame_index(frame: np.ndarray) -> int:
+    quarter = frame.shape[1] // 4
+    low = float(frame[:, :quarter].mean()) / 8
+    high = float(frame[:, -quarter:].mean()) / 8
+    return int(round(low)) + 32 * int(round(high))
+
+
+def write_index_video(path: Path, n_frames: int, width: int = 64, height: int = 48, fps: float = 10,
+                      codec: str = "libx264") -> Path:
+    path = Path(path)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if codec == "libx265":
+            stream.options = {"x265-params": "log-level=error"}
+        for k in range(n_frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(index_frame(k, width, height), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_tone(path: Path, seconds: float = 1.0, rate: int = 44_100, channels: int = 1, subtype: str = "PCM_16",
+               frequency: float = 440.0, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    mono = amplitude * np.sin(2 * np.pi * frequency * t)
+    data = np.repeat(mono[:, None], channels, axis=1)
+    sf.write(str(path), data, rate, subtype=subtype)
+    return mono
