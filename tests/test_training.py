@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -66,12 +67,12 @@ def test_evaluate_writes_metrics_ablation_and_plots(trained, embedded, sensor_ta
 
 
 def test_classification_metrics_known_answer():
-    probabilities = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]).numpy()
-    labels = torch.tensor([0, 1, 1, 1]).numpy()
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    labels = np.array([0, 1, 1, 1])
     metrics = classification_metrics(probabilities, labels, ["a", "b"])
     assert metrics["accuracy"] == 0.75 and metrics["confusion_matrix"] == [[1, 0], [1, 2]]
     assert metrics["per_class"]["a"] == {"precision": 0.5, "recall": 1.0, "f1": 0.6667, "support": 1}
-    assert metrics["ece"] == pytest.approx(0.25 * (0.1 + 0.2 + 0.3 + 0.6))  # one sample per bin
+    assert metrics["ece"] == pytest.approx(0.25 * (0.1 + 0.2 + 0.3 + 0.6))  # one sample per bin: |acc - conf|
 
 
 def test_class_weights_only_when_imbalanced():
