@@ -13,7 +13,8 @@ config = DecodeConfig(num_frames=video["num_frames"], size=video["size"], interp
                       backend=decode["backend"], splits=params["splits"], maxcount=decode["maxcount"],
                       maxsize=decode["maxsize"], workers=decode["workers"], strict=decode["strict"])
 report = run_decode(Path(sys.argv[1]), Path(sys.argv[2]), config)
+rate = report["inputs"] / max(report["seconds"], 1e-9)
 print(f"decode: {report['accepted_count']} accepted, {report['rejected_count']} rejected "
-      f"of {report['inputs']} in {report['seconds']} s ({report['inputs'] / max(report['seconds'], 1e-9):.1f} events/s)")
+      f"of {report['inputs']} in {report['seconds']} s ({rate:.1f} events/s)")
 for rejection in report["rejected"]:
     print(f"  rejected {rejection['reason']}")

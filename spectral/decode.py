@@ -108,7 +108,8 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig) -> dict:
     per_split = dict.fromkeys(SPLITS, 0)
     writers = {name: ShardWriter(out_dir, name, cfg.maxcount, cfg.maxsize) for name in SPLITS}
     try:
-        for name, sample, reason in tqdm(_ordered_results(folders, cfg), total=len(folders), desc="decode", unit="event"):
+        results = tqdm(_ordered_results(folders, cfg), total=len(folders), desc="decode", unit="event")
+        for name, sample, reason in results:
             if sample is None:
                 rejected.append({"event": name, "reason": reason})
                 if cfg.strict:

@@ -44,7 +44,8 @@ class Predictor:
 
     @torch.inference_mode()
     def _run(self, names: list[str], inputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Iterator[dict]:
-        frames, audio, sensors = (torch.from_numpy(np.stack(parts)).to(self.device) for parts in zip(*inputs))
+        columns = zip(*inputs, strict=True)
+        frames, audio, sensors = (torch.from_numpy(np.stack(parts)).to(self.device) for parts in columns)
         indices, confidences, probabilities = self.model.predict(frames, audio, sensors)
         for name, index, confidence, probs in zip(names, indices.tolist(), confidences.tolist(),
                                                   probabilities.tolist(), strict=True):

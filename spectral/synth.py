@@ -188,7 +188,8 @@ def _render_video(rng: np.random.Generator, plan: _Plan, cfg: SynthConfig, path:
     box_from, box_to = rng.uniform(0, w - box, 2), rng.uniform(0, h - box, 2)
     flicker = 1.0 + 0.03 * _smooth_noise(rng, frames, 4)
     # A visible figure fades in around the event; faint when the event itself is weak.
-    visibility = np.clip(plan.strength * 1.2, 0.25, 1.0) * np.clip(1.5 - abs(np.arange(frames) / cfg.fps - plan.event_time), 0, 1)
+    seconds = np.arange(frames) / cfg.fps
+    visibility = np.clip(plan.strength * 1.2, 0.25, 1.0) * np.clip(1.5 - abs(seconds - plan.event_time), 0, 1)
     with av.open(str(path), "w", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libx264", rate=cfg.fps, options={"preset": "veryfast", "crf": "26"})
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
@@ -245,7 +246,7 @@ def generate(out_dir: Path, n_events: int, seed: int, cfg: SynthConfig = SynthCo
             progress.update()
     else:
         with ProcessPoolExecutor(workers) as pool:
-            for _ in pool.map(write_event, *zip(*jobs), chunksize=4):
+            for _ in pool.map(write_event, *zip(*jobs, strict=True), chunksize=4):
                 progress.update()
     progress.close()
     return folders

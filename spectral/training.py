@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -152,7 +152,7 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
         deterministic="warn",
         logger=_loggers(cfg, out_dir, Path(dvclive_dir)),
         callbacks=[checkpoint, EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience, mode="min"),
-                   LearningRateMonitor(logging_interval="epoch")],
+                   LearningRateMonitor(logging_interval="epoch"), TQDMProgressBar()],
         enable_progress_bar=True,
         log_every_n_steps=1,
     )

@@ -15,7 +15,8 @@ import av
 import numpy as np
 from PIL import Image
 
-_PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC, "area": Image.Resampling.BOX}
+_PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                "area": Image.Resampling.BOX}
 
 
 @dataclass(frozen=True)

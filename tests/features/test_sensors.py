@@ -55,7 +55,8 @@ def test_one_row_extra_columns_and_blank_values(tmp_path):
 
 
 def test_nan_strings_are_missing_values_not_poison(tmp_path):
-    path = write(tmp_path, HEADER + "\n1,NaN,0,0,1,0,0,0,0,0.1,0,1\n2,50,0,0,1,0,0,0,0,0.2,0,1\n3,52,0,0,1,0,0,0,0,0.3,0,1\n")
+    rows = "1,NaN,0,0,1,0,0,0,0,0.1,0,1\n2,50,0,0,1,0,0,0,0,0.2,0,1\n3,52,0,0,1,0,0,0,0,0.3,0,1\n"
+    path = write(tmp_path, HEADER + "\n" + rows)
     f = sensor_features(path)
     assert f[F["magnetic_mean"]] == pytest.approx(51)
 

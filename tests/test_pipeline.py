@@ -1,0 +1,152 @@
+"""The real `dvc` binary on a real git repo: full repro, selective re-runs, sharing through a remote.
+
+One tiny pipeline is reproduced once for the module; each test then changes one thing
+and asserts on which stages DVC says it ran and which dvc.lock hashes moved.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[1]
+STAGES = ("synth", "decode", "sensors", "embed", "train", "evaluate")
+TINY = {
+    "synth": {"events": 16, "fps": 10, "duration_s": 2.0, "width": 96, "height": 64, "workers": 1},
+    "splits": {"train": 0.6, "val": 0.2, "test": 0.2},
+    "video": {"num_frames": 4},
+    "decode": {"workers": 1},
+    "train": {"max_epochs": 2, "batch_size": 4},
+}
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result.stdout + result.stderr
+
+
+def dvc(repo: Path, *args: str) -> str:
+    return run([str(Path(sys.executable).parent / "dvc"), *args], repo)
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([a-z]+)'", output))
+
+
+def lock_hashes(repo: Path) -> dict[str, dict]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text(encoding="utf-8"))["stages"]
+    return {stage: {o["path"]: o.get("md5") for o in body.get("outs", [])} for stage, body in lock.items()}
+
+
+def set_params(repo: Path, changes: dict) -> None:
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for section, values in changes.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+def commit(repo: Path, message: str) -> None:
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message, "--allow-empty"], repo)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline") / "project"
+    root.mkdir()
+    for item in ("dvc.yaml", "params.yaml", "pipeline", "spectral", ".gitignore", ".dvcignore"):
+        source = PROJECT / item
+        if source.is_dir():
+            shutil.copytree(source, root / item, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            shutil.copy(source, root / item)
+    run(["git", "init", "-q", "-b", "main"], root)
+    dvc(root, "init", "-q")
+    dvc(root, "config", "core.analytics", "false")
+    set_params(root, TINY)
+    commit(root, "tiny project")
+    output = dvc(root, "repro")
+    assert stages_run(output) == set(STAGES), output
+    commit(root, "first repro")
+    return root
+
+
+def test_full_repro_produces_every_output(repo):
+    for path in ("data/decoded/report.json", "data/sensors.parquet", "data/embeddings/manifest.json",
+                 "models/model.pt", "metrics/evaluate.json", "plots/confusion_matrix.png", "dvclive/metrics.json"):
+        assert (repo / path).is_file(), path
+    assert "accuracy" in dvc(repo, "metrics", "show")
+
+
+def test_nothing_changed_runs_nothing(repo):
+    output = dvc(repo, "repro")
+    assert stages_run(output) == set() and "up to date" in output
+    assert "up to date" in dvc(repo, "status")
+
+
+def test_train_param_change_reruns_only_train_and_evaluate(repo):
+    before = lock_hashes(repo)
+    set_params(repo, {"train": {"lr": 0.002}})
+    assert stages_run(dvc(repo, "repro")) == {"train", "evaluate"}
+    after = lock_hashes(repo)
+    for stage in ("synth", "decode", "sensors", "embed"):
+        assert after[stage] == before[stage]
+    commit(repo, "lr")
+
+
+def test_embed_param_change_leaves_decode_and_sensors_alone(repo):
+    before = lock_hashes(repo)
+    set_params(repo, {"embed": {"precision": "fp32"}})
+    assert stages_run(dvc(repo, "repro")) == {"embed", "train", "evaluate"}
+    after = lock_hashes(repo)
+    assert after["embed"] != before["embed"]
+    for stage in ("synth", "decode", "sensors"):
+        assert after[stage] == before[stage]
+    commit(repo, "fp32 embeddings")
+
+
+def test_sensors_param_change_reruns_sensors_and_nothing_upstream(repo):
+    """An unchanged Parquet (strict only matters for bad input) lets DVC skip train: its deps did not move."""
+    before = lock_hashes(repo)
+    set_params(repo, {"sensors": {"strict": True}})
+    ran = stages_run(dvc(repo, "repro"))
+    assert "sensors" in ran and not ran & {"synth", "decode", "embed"}
+    assert lock_hashes(repo)["sensors"] == before["sensors"]
+    assert ran == {"sensors"}
+    commit(repo, "strict sensors")
+
+
+def test_forced_rerun_gives_the_same_hashes(repo):
+    before = lock_hashes(repo)
+    dvc(repo, "repro", "--force")
+    after = lock_hashes(repo)
+    # dvclive's step logs carry wall-clock timestamps; every cached output is byte-identical.
+    for stage in STAGES:
+        cached = {path: md5 for path, md5 in after[stage].items() if path != "dvclive"}
+        assert cached == {p: m for p, m in before[stage].items() if p != "dvclive"}, stage
+    commit(repo, "forced")
+
+
+def test_fresh_clone_pulls_from_a_remote_and_runs_nothing(repo, tmp_path):
+    remote = tmp_path / "remote"
+    dvc(repo, "remote", "add", "-d", "shared", str(remote))
+    commit(repo, "remote")
+    dvc(repo, "push", "--run-cache")
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    dvc(clone, "pull")
+    output = dvc(clone, "repro")
+    assert stages_run(output) == set(), output
+    assert "up to date" in dvc(clone, "status")
+    assert (clone / "data" / "embeddings" / "manifest.json").is_file()
