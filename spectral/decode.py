@@ -10,6 +10,7 @@ model has no path for an absent modality), so a missing or undecodable one rejec
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -86,7 +87,7 @@ def _ordered_results(folders: list[Path], cfg: DecodeConfig) -> Iterator[tuple[s
         return
     window = cfg.workers * 4
     pending = iter(folders)
-    with ProcessPoolExecutor(cfg.workers) as pool:
+    with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         while chunk := list(islice(pending, window)):
             yield from pool.map(_decode_or_reason, chunk, [cfg] * len(chunk))
 

@@ -11,6 +11,7 @@ seed whatever the number of worker processes.
 from __future__ import annotations
 
 import json
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import av
 import numpy as np
 import polars as pl
 import soundfile as sf
+from PIL import Image
 from tqdm import tqdm
 
 from spectral.events import AUDIO_FILE, CLASS_NAMES, METADATA_FILE, SENSORS_FILE, VIDEO_FILE
@@ -39,6 +41,13 @@ class SynthConfig:
     height: int = 480
     difficulty: float = 0.5
     label_noise: float = 0.03
+
+    def __post_init__(self) -> None:
+        # x264 reads chroma rows in whole SIMD words: at other widths it picked up uninitialised row
+        # padding and gave different bytes for identical frames (measured at 96 px, not at 64/128/640).
+        if self.width % 64 or self.height % 4 or self.height < 16:
+            raise ValueError(f"video width must be a multiple of 64 and height a multiple of 4, "
+                             f"got {self.width}x{self.height}")
 
 
 def _smooth_noise(rng: np.random.Generator, length: int, cutoff: int) -> np.ndarray:
@@ -69,7 +78,7 @@ class _Plan:
     strength: float
     event_time: float
     humanoid_visible: bool
-    humanoid_flag_prob: float
+    humanoid_flag_fires: bool
     distractor_visible: bool
     decoy_click_time: float | None
 
@@ -86,9 +95,9 @@ def _plan_event(rng: np.random.Generator, cfg: SynthConfig) -> _Plan:
         true_class=true_class,
         recorded_class=recorded_class,
         strength=strength,
-        event_time=float(rng.uniform(1.0, cfg.duration_s - 1.0)),
+        event_time=float(rng.uniform(0.2, 0.8) * cfg.duration_s),
         humanoid_visible=bool(rng.random() < (0.92 if is_humanoid else 0.04)),
-        humanoid_flag_prob=(0.6 if is_humanoid else 0.08),
+        humanoid_flag_fires=bool(rng.random() < (0.6 if is_humanoid else 0.08)),  # the app's detector
         distractor_visible=bool(rng.random() < 0.5),
         decoy_click_time=float(rng.uniform(0.2, cfg.duration_s - 0.2)) if rng.random() < 0.35 else None,
     )
@@ -138,7 +147,7 @@ def _render_sensors(rng: np.random.Generator, plan: _Plan, cfg: SynthConfig, aud
         gyro += 0.8 * plan.strength * spike[:, None] * rng.normal(size=3)
     window = int(AUDIO_RATE / SENSOR_RATE_HZ)
     audio_peak = np.array([np.abs(audio[i * window : (i + 1) * window]).max(initial=0.0) for i in range(n)])
-    humanoid = rng.random(n) < plan.humanoid_flag_prob * _bump(t, plan.event_time, 0.8)
+    humanoid = plan.humanoid_flag_fires & (rng.random(n) < 0.5 * _bump(t, plan.event_time, 0.5))
     start_ms = 1_700_000_000_000 + int(rng.integers(0, 10**9))
     return pl.DataFrame(
         {
@@ -171,12 +180,39 @@ def _humanoid_sprite(height: int) -> np.ndarray:
     return head | torso | arms | legs
 
 
+def _rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
+    """BT.601 limited-range planar YUV 4:2:0, as FFmpeg lays it out ([Y; U; V] rows of width w).
+
+    Converting here rather than handing rgb24 to FFmpeg keeps the encoder's input bit-exact:
+    swscale's rgb24 path was measured to give different bytes for identical input.
+    """
+    r, g, b = frame[..., 0], frame[..., 1], frame[..., 2]
+    y = 0.257 * r + 0.504 * g + 0.098 * b + 16
+    u = -0.148 * r - 0.291 * g + 0.439 * b + 128
+    v = 0.439 * r - 0.368 * g - 0.071 * b + 128
+    h, w = y.shape
+    u = u.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)).reshape(h // 4, w)
+    v = v.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)).reshape(h // 4, w)
+    return np.clip(np.round(np.concatenate([y, u, v])), 0, 255).astype(np.uint8)
+
+
+def _room_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A dim, low-saturation indoor scene: smooth lighting, a few furniture-like blocks, a slight tint."""
+    lighting = np.asarray(Image.fromarray(rng.uniform(60, 150, (6, 8)).astype(np.uint8)).resize(
+        (w, h), Image.Resampling.BICUBIC), dtype=np.float32)
+    scene = np.repeat(lighting[:, :, None], 3, axis=2) * rng.uniform(0.85, 1.15, 3)
+    for _ in range(int(rng.integers(2, 5))):
+        bw, bh = int(rng.uniform(0.1, 0.4) * w), int(rng.uniform(0.1, 0.5) * h)
+        x, y = int(rng.uniform(0, w - bw)), int(rng.uniform(0.3, 1.0) * (h - bh))
+        scene[y : y + bh, x : x + bw] = scene[y : y + bh, x : x + bw] * 0.4 + rng.uniform(40, 160) * 0.6
+    texture = np.asarray(Image.fromarray(rng.uniform(0, 255, (h // 8, w // 8)).astype(np.uint8)).resize(
+        (w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+    return np.clip(scene + 0.08 * (texture[:, :, None] - 127), 0, 255).astype(np.float32)
+
+
 def _render_video(rng: np.random.Generator, plan: _Plan, cfg: SynthConfig, path: Path) -> None:
     h, w = cfg.height, cfg.width
-    low = rng.uniform(40, 200, (h // 40 + 2, w // 40 + 2, 3))
-    background = np.repeat(np.repeat(low, 40, axis=0), 40, axis=1)[:h, :w]
-    gradient = np.linspace(-30, 30, w)[None, :, None] * rng.uniform(-1, 1)
-    background = np.clip(background + gradient, 0, 255).astype(np.float32)
+    background = _room_background(rng, h, w)
     frames = int(round(cfg.fps * cfg.duration_s))
     sprite = _humanoid_sprite(int(h * rng.uniform(0.45, 0.7)))
     sh, sw = sprite.shape
@@ -184,7 +220,7 @@ def _render_video(rng: np.random.Generator, plan: _Plan, cfg: SynthConfig, path:
     sprite_y = int(rng.uniform(0.1, 0.95) * (h - sh))
     sprite_shade = rng.uniform(10, 50)
     box = int(rng.uniform(0.1, 0.3) * h)
-    box_color = rng.uniform(0, 255, 3)
+    box_color = rng.uniform(30, 200) * rng.uniform(0.8, 1.2, 3)  # a muted moving object
     box_from, box_to = rng.uniform(0, w - box, 2), rng.uniform(0, h - box, 2)
     flicker = 1.0 + 0.03 * _smooth_noise(rng, frames, 4)
     # A visible figure fades in around the event; faint when the event itself is weak.
@@ -208,9 +244,12 @@ def _render_video(rng: np.random.Generator, plan: _Plan, cfg: SynthConfig, path:
                 alpha = visibility[i] * sprite[:, :, None]
                 region *= 1 - alpha
                 region += alpha * sprite_shade
-            image = av.VideoFrame.from_ndarray(np.clip(frame, 0, 255).astype(np.uint8), format="rgb24")
+            planes = _rgb_to_yuv420p(np.clip(frame, 0, 255))  # keep alive until encoded
+            image = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+            image.pts = i
             for packet in stream.encode(image):
                 container.mux(packet)
+            del planes
         for packet in stream.encode():
             container.mux(packet)
 
@@ -245,7 +284,7 @@ def generate(out_dir: Path, n_events: int, seed: int, cfg: SynthConfig = SynthCo
             write_event(*job)
             progress.update()
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for _ in pool.map(write_event, *zip(*jobs, strict=True), chunksize=4):
                 progress.update()
     progress.close()

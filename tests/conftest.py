@@ -14,7 +14,7 @@ from spectral.embed import EmbedConfig, run_embed  # noqa: E402
 from spectral.features.table import run_sensors  # noqa: E402
 from spectral.synth import SynthConfig, generate  # noqa: E402
 
-TINY_SYNTH = SynthConfig(fps=10, duration_s=2.0, width=96, height=64)
+TINY_SYNTH = SynthConfig(fps=10, duration_s=2.0, width=128, height=64)
 TINY_DECODE = DecodeConfig(num_frames=4, size=224, workers=1, splits={"train": 0.6, "val": 0.2, "test": 0.2})
 
 

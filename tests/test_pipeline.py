@@ -6,11 +6,14 @@ and asserts on which stages DVC says it ran and which dvc.lock hashes moved.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,7 @@ import yaml
 PROJECT = Path(__file__).resolve().parents[1]
 STAGES = ("synth", "decode", "sensors", "embed", "train", "evaluate")
 TINY = {
-    "synth": {"events": 16, "fps": 10, "duration_s": 2.0, "width": 96, "height": 64, "workers": 1},
+    "synth": {"events": 16, "fps": 10, "duration_s": 2.0, "width": 128, "height": 64, "workers": 1},
     "splits": {"train": 0.6, "val": 0.2, "test": 0.2},
     "video": {"num_frames": 4},
     "decode": {"workers": 1},
@@ -138,6 +141,41 @@ def test_forced_rerun_gives_the_same_hashes(repo):
     commit(repo, "forced")
 
 
+def test_experiment_run_shows_metrics(repo):
+    output = dvc(repo, "exp", "run", "-S", "train.lr=0.003")
+    assert stages_run(output) == {"train", "evaluate"}
+    table = json.loads(dvc(repo, "exp", "show", "--json"))
+    experiments = [e for rev in table for e in (rev.get("experiments") or [])]
+    assert experiments, table
+    data = experiments[0]["revs"][0]["data"]
+    assert "accuracy" in data["metrics"]["metrics/evaluate.json"]["data"]
+    assert data["params"]["params.yaml"]["data"]["train"]["lr"] == 0.003
+
+
+def test_killed_stage_leaves_nothing_half_written_and_rerun_matches(repo):
+    before = lock_hashes(repo)
+    cache_files = {p for p in (repo / ".dvc" / "cache").rglob("*") if p.is_file()}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "--force", "-s", "embed"],
+                               cwd=repo, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((repo / "data" / "embeddings").glob("*.tar.tmp")) and process.poll() is None:
+        assert time.monotonic() < deadline, "embed never started writing"
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the stage finished before it could be killed"
+    assert {p for p in (repo / ".dvc" / "cache").rglob("*") if p.is_file()} == cache_files
+    assert "embed" in dvc(repo, "status")
+    output = dvc(repo, "repro")
+    # DVC either re-runs embed or restores its complete outputs from the run-cache
+    assert "Running stage 'embed'" in output or "Stage 'embed' is cached" in output, output
+    assert not stages_run(output) & {"synth", "decode", "sensors"}
+    assert lock_hashes(repo)["embed"] == before["embed"]
+    assert not list((repo / "data" / "embeddings").glob("*.tmp"))
+
+
 def test_fresh_clone_pulls_from_a_remote_and_runs_nothing(repo, tmp_path):
     remote = tmp_path / "remote"
     dvc(repo, "remote", "add", "-d", "shared", str(remote))
@@ -150,3 +188,9 @@ def test_fresh_clone_pulls_from_a_remote_and_runs_nothing(repo, tmp_path):
     assert stages_run(output) == set(), output
     assert "up to date" in dvc(clone, "status")
     assert (clone / "data" / "embeddings" / "manifest.json").is_file()
+    # `dvc repro --pull` fetches what it needs instead of recomputing
+    other = tmp_path / "other"
+    run(["git", "clone", "-q", str(repo), str(other)], tmp_path)
+    output = dvc(other, "repro", "--pull")
+    assert stages_run(output) == set(), output
+    assert (other / "models" / "model.pt").is_file()

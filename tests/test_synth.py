@@ -4,6 +4,7 @@ import json
 import av
 import numpy as np
 import polars as pl
+import pytest
 import soundfile as sf
 
 from spectral.events import CLASS_NAMES, load_event
@@ -32,7 +33,7 @@ def test_files_are_real_media_with_requested_shapes(tiny_events):
         stream = container.streams.video[0]
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         assert stream.codec_context.name == "h264"
-    assert len(frames) == 20 and frames[0].shape == (64, 96, 3)
+    assert len(frames) == 20 and frames[0].shape == (64, 128, 3)
     audio, rate = sf.read(event.audio)
     assert rate == 44_100 and audio.shape == (88_200,) and sf.info(event.audio).subtype == "PCM_16"
     table = pl.read_csv(event.sensors)
@@ -44,7 +45,7 @@ def test_files_are_real_media_with_requested_shapes(tiny_events):
 def test_class_signatures_differ_as_designed(tmp_path):
     """Interference oscillates the magnetometer; correlated/humanoid events spike magnetometer and audio together."""
     root = tmp_path / "ev"
-    generate(root, 40, seed=3, cfg=SynthConfig(fps=5, duration_s=5.0, width=32, height=32, label_noise=0.0))
+    generate(root, 40, seed=3, cfg=SynthConfig(fps=5, duration_s=5.0, width=64, height=32, label_noise=0.0))
     by_class = {c: [] for c in range(4)}
     for folder in sorted(root.iterdir()):
         by_class[load_event(folder).label].append(sensor_features(folder / "sensors.csv"))
@@ -59,3 +60,8 @@ def test_class_signatures_differ_as_designed(tmp_path):
     for c in (2, 3):
         assert mean(c, "corr_magnetic_audio") > mean(0, "corr_magnetic_audio") + 0.2
     assert mean(3, "humanoid_any") > mean(2, "humanoid_any")
+
+
+def test_video_sizes_that_break_bit_exact_encoding_are_refused():
+    with pytest.raises(ValueError, match="multiple of 64"):
+        SynthConfig(width=96, height=64)
