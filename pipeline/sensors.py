@@ -7,8 +7,14 @@ import yaml
 
 from spectral.features.table import run_sensors
 
-params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
-report = run_sensors(Path(sys.argv[1]), Path(sys.argv[2]), params["splits"], strict=params["sensors"]["strict"])
-print(f"sensors: {report['accepted_count']} accepted, {report['rejected_count']} rejected of {report['inputs']}")
-for rejection in report["rejected"]:
-    print(f"  rejected {rejection['reason']}")
+
+def main() -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+    report = run_sensors(Path(sys.argv[1]), Path(sys.argv[2]), params["splits"], strict=params["sensors"]["strict"])
+    print(f"sensors: {report['accepted_count']} accepted, {report['rejected_count']} rejected of {report['inputs']}")
+    for rejection in report["rejected"]:
+        print(f"  rejected {rejection['reason']}")
+
+
+if __name__ == "__main__":  # spawned worker processes re-import this file
+    main()

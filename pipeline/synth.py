@@ -7,7 +7,13 @@ import yaml
 
 from spectral.synth import SynthConfig, generate
 
-params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))["synth"]
-config = SynthConfig(fps=params["fps"], duration_s=params["duration_s"], width=params["width"],
-                     height=params["height"], difficulty=params["difficulty"], label_noise=params["label_noise"])
-generate(Path(sys.argv[1]), params["events"], params["seed"], config, workers=params["workers"])
+
+def main() -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))["synth"]
+    config = SynthConfig(fps=params["fps"], duration_s=params["duration_s"], width=params["width"],
+                         height=params["height"], difficulty=params["difficulty"], label_noise=params["label_noise"])
+    generate(Path(sys.argv[1]), params["events"], params["seed"], config, workers=params["workers"])
+
+
+if __name__ == "__main__":  # spawned worker processes re-import this file
+    main()

@@ -7,8 +7,14 @@ import yaml
 
 from spectral.training import TrainConfig, train
 
-params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
-summary = train(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), TrainConfig(**params["train"]),
-                weights=params["video"]["weights"])
-print(f"train: best val_loss {summary['best_val_loss']:.4f} after {summary['epochs_run']} epochs; "
-      f"model {summary['model_bytes'] / 1e6:.1f} MB")
+
+def main() -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+    summary = train(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), TrainConfig(**params["train"]),
+                    weights=params["video"]["weights"])
+    print(f"train: best val_loss {summary['best_val_loss']:.4f} after {summary['epochs_run']} epochs; "
+          f"model {summary['model_bytes'] / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":  # spawned worker processes re-import this file
+    main()

@@ -22,10 +22,10 @@ import yaml
 PROJECT = Path(__file__).resolve().parents[1]
 STAGES = ("synth", "decode", "sensors", "embed", "train", "evaluate")
 TINY = {
-    "synth": {"events": 16, "fps": 10, "duration_s": 2.0, "width": 128, "height": 64, "workers": 1},
+    "synth": {"events": 16, "fps": 10, "duration_s": 2.0, "width": 128, "height": 64, "workers": 2},
     "splits": {"train": 0.6, "val": 0.2, "test": 0.2},
     "video": {"num_frames": 4},
-    "decode": {"workers": 1},
+    "decode": {"workers": 2},  # exercises the spawned worker pools under dvc
     "train": {"max_epochs": 2, "batch_size": 4},
 }
 
