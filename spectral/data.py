@@ -24,12 +24,9 @@ from torch.utils.data import DataLoader
 
 from spectral.features.sensors import SENSOR_FEATURES
 from spectral.io.audio import from_pcm16
+from spectral.shards import shard_paths
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def split_shards(embed_dir: Path, split: str) -> list[Path]:
-    return sorted(Path(embed_dir).glob(f"{split}-[0-9]*.tar"))
 
 
 def shard_keys(shards: list[Path]) -> list[str]:
@@ -78,7 +75,7 @@ class CachedShardDataModule(pl_lightning.LightningDataModule):
             return
         self.sensors = load_sensor_table(self.sensors_path)
         for split in ("train", "val", "test"):
-            keys = shard_keys(split_shards(self.embed_dir, split))
+            keys = shard_keys(shard_paths(self.embed_dir, split))
             lacking = [k for k in keys if k not in self.sensors]
             self.joins[split] = JoinReport(split, len(keys) - len(lacking), lacking)
         if self.joins["train"].used == 0:
@@ -90,12 +87,12 @@ class CachedShardDataModule(pl_lightning.LightningDataModule):
 
     def train_sensor_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         """NaN-aware mean/std of the training events' sensor features."""
-        keys = set(shard_keys(split_shards(self.embed_dir, "train")))
+        keys = set(shard_keys(shard_paths(self.embed_dir, "train")))
         rows = np.stack([v for k, v in self.sensors.items() if k in keys])
         return torch.from_numpy(np.nanmean(rows, axis=0)), torch.from_numpy(np.nanstd(rows, axis=0))
 
     def _samples(self, split: str, decode: bool = True, shuffle: bool = False) -> wds.WebDataset:
-        urls = [str(p) for p in split_shards(self.embed_dir, split)]
+        urls = [str(p) for p in shard_paths(self.embed_dir, split)]
         dataset = wds.WebDataset(urls, shardshuffle=len(urls) if shuffle else False, seed=self.seed,
                                  nodesplitter=wds.split_by_node, empty_check=False)
         dataset = dataset.select(lambda s: s["__key__"] in self.sensors)

@@ -20,7 +20,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from spectral.events import AUDIO_FILE, CLASS_NAMES, VIDEO_FILE, EventError, MediaError, find_event_folders, load_event
+from spectral.events import (
+    AUDIO_FILE,
+    CLASS_NAMES,
+    VIDEO_FILE,
+    EventError,
+    MediaError,
+    StrictModeError,
+    find_event_folders,
+    load_event,
+)
 from spectral.io.audio import load_audio, to_pcm16
 from spectral.io.video import load_video
 from spectral.shards import ShardWriter
@@ -40,10 +49,6 @@ class DecodeConfig:
     maxsize: int = 500_000_000
     workers: int = 2
     strict: bool = False
-
-
-class StrictModeError(RuntimeError):
-    """Raised in strict mode at the first rejected event."""
 
 
 def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpolation: str,

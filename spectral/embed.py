@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from spectral.models.backbone import BackboneInfo, FrameEncoder, create_backbone
-from spectral.shards import AtomicTarWriter
+from spectral.shards import AtomicTarWriter, shard_paths
 from spectral.splits import SPLITS
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig) -> dict:
     counts = dict.fromkeys(SPLITS, 0)
     frames_done, seconds = 0, 0.0
     started = time.perf_counter()
-    shards = [p for split in SPLITS for p in sorted(decoded_dir.glob(f"{split}-[0-9]*.tar"))]
+    shards = [p for split in SPLITS for p in shard_paths(decoded_dir, split)]
     # One output shard per input shard, same name: webdataset gives each loader worker whole
     # shards, so every output shard receives its samples in input order whatever num_workers is.
     writers: dict[str, AtomicTarWriter] = {}

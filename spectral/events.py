@@ -61,6 +61,10 @@ class MediaError(EventError):
     """A media or sensor file exists but cannot be decoded."""
 
 
+class StrictModeError(RuntimeError):
+    """Raised by a stage in strict mode at the first rejected event."""
+
+
 def label_index(label: str) -> int:
     """Index of a class name; accents and case are folded so "Ruido_Ambiente" is accepted.
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from media import frame_index, write_index_video, write_tone
 
-from spectral.decode import DecodeConfig, StrictModeError, run_decode
+from spectral.decode import DecodeConfig, run_decode
+from spectral.events import StrictModeError
 from spectral.io.video import sample_indices
 from spectral.shards import read_samples, shard_paths
 

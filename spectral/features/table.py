@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from spectral.events import CLASS_NAMES, SENSORS_FILE, EventError, find_event_folders, load_event
+from spectral.events import CLASS_NAMES, SENSORS_FILE, EventError, StrictModeError, find_event_folders, load_event
 from spectral.features.sensors import SENSOR_FEATURES, sensor_features
 from spectral.splits import assign_split
 
@@ -24,10 +24,6 @@ SCHEMA = pa.schema(
     + [(name, pa.float64()) for name in SENSOR_FEATURES]
 )
 BATCH_ROWS = 1024
-
-
-class StrictModeError(RuntimeError):
-    """Raised in strict mode at the first rejected event."""
 
 
 def _row(folder: Path, splits: dict[str, float]) -> dict:

@@ -4,8 +4,9 @@ import json
 import polars as pl
 import pytest
 
+from spectral.events import StrictModeError
 from spectral.features.sensors import SENSOR_FEATURES
-from spectral.features.table import StrictModeError, run_sensors
+from spectral.features.table import run_sensors
 
 SPLITS = {"train": 0.6, "val": 0.2, "test": 0.2}
 
