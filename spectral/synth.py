@@ -180,20 +180,33 @@ def _humanoid_sprite(height: int) -> np.ndarray:
     return head | torso | arms | legs
 
 
-def _rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
-    """BT.601 limited-range planar YUV 4:2:0, as FFmpeg lays it out ([Y; U; V] rows of width w).
+_RGB_TO_YUV = np.array([[0.257, 0.504, 0.098], [-0.148, -0.291, 0.439], [0.439, -0.368, -0.071]], np.float32)
+_YUV_OFFSETS = (16.0, 128.0, 128.0)
 
-    Converting here rather than handing rgb24 to FFmpeg keeps the encoder's input bit-exact:
-    swscale's rgb24 path was measured to give different bytes for identical input.
+
+def _yuv_planes(rgb: np.ndarray) -> list[np.ndarray]:
+    """Offset-free BT.601 Y (full size) and U, V (2x2-averaged) planes of an RGB image.
+
+    Offset-free planes are linear in RGB, so per-frame brightness is one multiply and
+    objects are painted straight into the planes: no per-frame colour conversion.
     """
-    r, g, b = frame[..., 0], frame[..., 1], frame[..., 2]
-    y = 0.257 * r + 0.504 * g + 0.098 * b + 16
-    u = -0.148 * r - 0.291 * g + 0.439 * b + 128
-    v = 0.439 * r - 0.368 * g - 0.071 * b + 128
-    h, w = y.shape
-    u = u.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)).reshape(h // 4, w)
-    v = v.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)).reshape(h // 4, w)
-    return np.clip(np.round(np.concatenate([y, u, v])), 0, 255).astype(np.uint8)
+    block = (rgb[0::2, 0::2] + rgb[1::2, 0::2] + rgb[0::2, 1::2] + rgb[1::2, 1::2]) * 0.25
+    return [rgb @ _RGB_TO_YUV[0], block @ _RGB_TO_YUV[1], block @ _RGB_TO_YUV[2]]
+
+
+def _yuv420p_frame(planes: list[np.ndarray], pts: int) -> av.VideoFrame:
+    """An FFmpeg yuv420p frame ([Y; U; V] rows of width w).
+
+    Handing FFmpeg rgb24 instead was measured to give different encoded bytes for identical
+    frames (swscale); building yuv420p here keeps the encoder's input bit-exact.
+    """
+    y, u, v = (np.clip(np.rint(p + offset), 0, 255).astype(np.uint8) for p, offset in zip(planes, _YUV_OFFSETS,
+                                                                                          strict=True))
+    width = y.shape[1]
+    frame = av.VideoFrame.from_ndarray(np.concatenate([y, u.reshape(-1, width), v.reshape(-1, width)]),
+                                       format="yuv420p")
+    frame.pts = pts
+    return frame
 
 
 def _room_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -210,17 +223,30 @@ def _room_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(scene + 0.08 * (texture[:, :, None] - 127), 0, 255).astype(np.float32)
 
 
+def _paint(planes: list[np.ndarray], x: int, y: int, mask: np.ndarray, alpha: float, yuv: np.ndarray) -> None:
+    """Blend a colour into the planes where mask is set (chroma at half resolution)."""
+    h, w = mask.shape
+    targets = [(planes[0], mask, x, y)]
+    half = mask[: h - h % 2, : w - w % 2].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    targets += [(planes[1], half, x // 2, y // 2), (planes[2], half, x // 2, y // 2)]
+    for (plane, m, px, py), value in zip(targets, yuv, strict=True):
+        region = plane[py : py + m.shape[0], px : px + m.shape[1]]
+        a = alpha * m[: region.shape[0], : region.shape[1]]
+        region += a * (value - region)
+
+
 def _render_video(rng: np.random.Generator, plan: _Plan, cfg: SynthConfig, path: Path) -> None:
     h, w = cfg.height, cfg.width
-    background = _room_background(rng, h, w)
+    background = _yuv_planes(_room_background(rng, h, w))
     frames = int(round(cfg.fps * cfg.duration_s))
-    sprite = _humanoid_sprite(int(h * rng.uniform(0.45, 0.7)))
+    sprite = _humanoid_sprite(int(h * rng.uniform(0.45, 0.7))).astype(np.float32)
     sh, sw = sprite.shape
     walk_from, walk_to = rng.uniform(0, w - sw, 2)
     sprite_y = int(rng.uniform(0.1, 0.95) * (h - sh))
-    sprite_shade = rng.uniform(10, 50)
+    sprite_yuv = np.float32(rng.uniform(10, 50)) * _RGB_TO_YUV.sum(axis=1)  # a dark grey figure
     box = int(rng.uniform(0.1, 0.3) * h)
-    box_color = rng.uniform(30, 200) * rng.uniform(0.8, 1.2, 3)  # a muted moving object
+    box_mask = np.ones((box, box), np.float32)
+    box_yuv = _RGB_TO_YUV @ (rng.uniform(30, 200) * rng.uniform(0.8, 1.2, 3)).astype(np.float32)  # muted object
     box_from, box_to = rng.uniform(0, w - box, 2), rng.uniform(0, h - box, 2)
     flicker = 1.0 + 0.03 * _smooth_noise(rng, frames, 4)
     # A visible figure fades in around the event; faint when the event itself is weak.
@@ -232,24 +258,17 @@ def _render_video(rng: np.random.Generator, plan: _Plan, cfg: SynthConfig, path:
         stream.codec_context.thread_count = 1  # single-threaded x264 is bit-exact
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
         for i in range(frames):
-            frame = background * flicker[i]
+            planes = [plane * np.float32(flicker[i]) for plane in background]
             progress = i / max(frames - 1, 1)
             if plan.distractor_visible:
                 x = int(box_from[0] + (box_to[0] - box_from[0]) * progress)
                 y = int(box_from[1] + (box_to[1] - box_from[1]) * progress)
-                frame[y : y + box, x : x + box] = box_color
+                _paint(planes, x, y, box_mask, 1.0, box_yuv)
             if plan.humanoid_visible and visibility[i] > 0:
                 x = int(walk_from + (walk_to - walk_from) * progress)
-                region = frame[sprite_y : sprite_y + sh, x : x + sw]
-                alpha = visibility[i] * sprite[:, :, None]
-                region *= 1 - alpha
-                region += alpha * sprite_shade
-            planes = _rgb_to_yuv420p(np.clip(frame, 0, 255))  # keep alive until encoded
-            image = av.VideoFrame.from_ndarray(planes, format="yuv420p")
-            image.pts = i
-            for packet in stream.encode(image):
+                _paint(planes, x, sprite_y, sprite, float(visibility[i]), sprite_yuv)
+            for packet in stream.encode(_yuv420p_frame(planes, i)):
                 container.mux(packet)
-            del planes
         for packet in stream.encode():
             container.mux(packet)
 
