@@ -16,8 +16,8 @@ setup: $(VENV)/.installed
 
 demo: setup
 	dvc repro
-	dvc metrics show
-	@echo "Plots: 'dvc plots show' writes dvc_plots/index.html; PNGs are in plots/. Model: models/model.pt"
+	spectral report metrics/evaluate.json
+	@echo "More: 'dvc metrics show', 'dvc plots show' (writes dvc_plots/index.html), PNGs in plots/, model in models/model.pt"
 
 test: setup
 	pytest -q

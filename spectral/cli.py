@@ -62,10 +62,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from spectral.evaluation import evaluate
+    from spectral.evaluation import evaluate, format_report
 
-    metrics = evaluate(args.model, args.embed_dir, args.sensors, args.metrics, args.plots)
-    print(json.dumps({k: metrics[k] for k in ("accuracy", "macro_f1", "ece", "ablation")}, indent=2))
+    print(format_report(evaluate(args.model, args.embed_dir, args.sensors, args.metrics, args.plots)))
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from spectral.evaluation import format_report
+
+    print(format_report(json.loads(args.metrics.read_text(encoding="utf-8"))))
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
@@ -140,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=Path, default=Path("metrics/evaluate.json"))
     p.add_argument("--plots", type=Path, default=Path("plots"))
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("report", help="print an evaluation metrics file as a table")
+    p.add_argument("metrics", type=Path, nargs="?", default=Path("metrics/evaluate.json"))
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("predict", help="classify raw event folders; one JSON object per event")
     p.add_argument("events", type=Path, nargs="+")

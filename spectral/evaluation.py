@@ -127,6 +127,19 @@ def _plot_reliability(reliability: list[dict], ece: float, path: Path) -> None:
     plt.close(fig)
 
 
+def format_report(metrics: dict) -> str:
+    """The evaluation as a short table for a terminal: headline, per class, ablation."""
+    lines = [f"test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, "
+             f"ECE {metrics['ece']:.3f} on {metrics['test_events']} events", "",
+             f"{'class':<28}{'precision':>10}{'recall':>8}{'F1':>7}{'n':>5}"]
+    for name, row in metrics["per_class"].items():
+        lines.append(f"{name:<28}{row['precision']:>10.3f}{row['recall']:>8.3f}{row['f1']:>7.3f}{row['support']:>5}")
+    lines += ["", f"{'ablation (missing = training mean)':<40}{'accuracy':>9}{'macro-F1':>10}"]
+    for name, row in metrics["ablation"].items():
+        lines.append(f"{name:<40}{row['accuracy']:>9.3f}{row['macro_f1']:>10.3f}")
+    return "\n".join(lines)
+
+
 def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path: Path, plots_dir: Path,
              batch_size: int = 32) -> dict:
     """Score the exported model on the test split; write metrics JSON and plot data/images."""
