@@ -13,7 +13,8 @@ import io
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -88,17 +89,41 @@ def _loader(shards: list[Path], num_workers: int, pin_memory: bool) -> DataLoade
     return DataLoader(dataset, batch_size=None, num_workers=min(num_workers, len(shards)), pin_memory=pin_memory)
 
 
-def _batched_events(samples: Iterator[dict], batch_frames: int) -> Iterator[list[dict]]:
-    """Groups of whole events holding about `batch_frames` frames, so the backbone sees large batches."""
-    group, count = [], 0
+def embed_stream(samples: Iterator[dict], encode: Callable[[torch.Tensor], torch.Tensor],
+                 batch_frames: int) -> Iterator[tuple[dict, torch.Tensor]]:
+    """(sample, its [n, D] embeddings) in input order.
+
+    Frames are cut into batches of exactly `batch_frames` across event boundaries (only the
+    last batch is smaller), so the backbone runs at one large, static shape (what GPUs and
+    torch.compile want) whatever the frames per event.
+    """
+    pending: deque[dict] = deque()
+    waiting: list[torch.Tensor] = []
+    encoded: list[torch.Tensor] = []
+    n_waiting = n_encoded = 0
+
+    def finished() -> Iterator[tuple[dict, torch.Tensor]]:
+        nonlocal encoded, n_encoded
+        while pending and n_encoded >= len(pending[0]["frames"]):
+            n = len(pending[0]["frames"])
+            rows = torch.cat(encoded)
+            encoded, n_encoded = [rows[n:]], n_encoded - n
+            yield pending.popleft(), rows[:n]
+
     for sample in samples:
-        group.append(sample)
-        count += sample["frames"].shape[0]
-        if count >= batch_frames:
-            yield group
-            group, count = [], 0
-    if group:
-        yield group
+        pending.append(sample)
+        waiting.append(sample["frames"])
+        n_waiting += len(sample["frames"])
+        while n_waiting >= batch_frames:
+            block = torch.cat(waiting)
+            waiting, n_waiting = [block[batch_frames:]], n_waiting - batch_frames
+            encoded.append(encode(block[:batch_frames]))
+            n_encoded += batch_frames
+            yield from finished()
+    if n_waiting:
+        encoded.append(encode(torch.cat(waiting)))
+        n_encoded += n_waiting
+    yield from finished()
 
 
 def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig) -> dict:
@@ -121,26 +146,27 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig) -> dict:
     writers: dict[str, AtomicTarWriter] = {}
     progress = tqdm(desc="embed", unit="frame")
     try:
-        for group in _batched_events(iter(_loader(shards, cfg.num_workers, device.type == "cuda")), cfg.batch_frames):
-            frames = torch.cat([s["frames"] for s in group])
-            batch_started = time.perf_counter()
+        def timed_encode(frames: torch.Tensor) -> torch.Tensor:
+            nonlocal seconds, frames_done
+            started_batch = time.perf_counter()
             embeddings = encode_frames(encoder, frames, device)
-            seconds += time.perf_counter() - batch_started
-            offset = 0
-            for sample in group:
-                url, n = sample["__url__"], sample["frames"].shape[0]
-                if url not in writers:
-                    writers[url] = AtomicTarWriter(out_dir / Path(url).name)
-                writers[url].write({
-                    "__key__": sample["__key__"],
-                    "emb.npy": embeddings[offset : offset + n].numpy().astype(np.float16),
-                    "audio.npy": sample["audio.npy"],
-                    "json": sample["json"],
-                })
-                offset += n
-                counts[json.loads(sample["json"])["split"]] += 1
-            frames_done += frames.shape[0]
-            progress.update(frames.shape[0])
+            seconds += time.perf_counter() - started_batch
+            frames_done += len(frames)
+            progress.update(len(frames))
+            return embeddings
+
+        samples = iter(_loader(shards, cfg.num_workers, device.type == "cuda"))
+        for sample, embeddings in embed_stream(samples, timed_encode, cfg.batch_frames):
+            url = sample["__url__"]
+            if url not in writers:
+                writers[url] = AtomicTarWriter(out_dir / Path(url).name)
+            writers[url].write({
+                "__key__": sample["__key__"],
+                "emb.npy": embeddings.numpy().astype(np.float16),
+                "audio.npy": sample["audio.npy"],
+                "json": sample["json"],
+            })
+            counts[json.loads(sample["json"])["split"]] += 1
     except BaseException:
         for writer in writers.values():
             writer.abort()

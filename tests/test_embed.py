@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from skimage import data as skimage_data
 
-from spectral.embed import EmbedConfig, build_encoder, encode_frames
+from spectral.embed import EmbedConfig, build_encoder, embed_stream, encode_frames
 from spectral.models.backbone import _load_packaged, create_backbone, packaged_weights_path
 from spectral.models.fusion import VideoBranch
 from spectral.shards import read_samples, shard_paths
@@ -80,3 +80,19 @@ def test_weight_sources_are_explicit_and_errors_say_how_to_fix(tmp_path):
     torch.save(backbone.state_dict(), weights)
     _, info = create_backbone("tf_efficientnet_lite0", str(weights))
     assert info.weights == f"file:{weights}" and len(info.weights_sha256) == 64
+
+
+def test_frames_are_batched_at_a_fixed_size_across_event_boundaries():
+    lengths = [3, 7, 1, 5, 5]
+    samples = [{"__key__": f"e{i}", "frames": torch.arange(n) + 100 * i} for i, n in enumerate(lengths)]
+    seen_batches = []
+
+    def encode(frames):
+        seen_batches.append(len(frames))
+        return frames[:, None].float() * 2
+
+    results = list(embed_stream(iter(samples), encode, batch_frames=4))
+    assert seen_batches == [4, 4, 4, 4, 4, 1]  # only the last batch is short
+    assert [s["__key__"] for s, _ in results] == [f"e{i}" for i in range(5)]
+    for sample, embeddings in results:
+        torch.testing.assert_close(embeddings[:, 0], sample["frames"].float() * 2)
