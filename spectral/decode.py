@@ -9,6 +9,7 @@ model has no path for an absent modality), so a missing or undecodable one rejec
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import time
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from spectral.events import (
@@ -32,7 +34,6 @@ from spectral.events import (
 )
 from spectral.io.audio import load_audio, to_pcm16
 from spectral.io.video import load_video
-from spectral.shards import ShardWriter
 from spectral.splits import SPLITS, assign_split
 
 
@@ -73,9 +74,22 @@ def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpo
     return {"__key__": event.name, "frames.npy": frames, "audio.npy": to_pcm16(waveform), "json": meta}
 
 
+def _as_npy_bytes(sample: dict) -> dict:
+    """Arrays serialised where they were made: a worker then hands the writer bytes, the cheapest thing to pickle."""
+    def encode(value):
+        if not isinstance(value, np.ndarray):
+            return value
+        buffer = io.BytesIO()
+        np.save(buffer, value, allow_pickle=False)
+        return buffer.getvalue()
+
+    return {key: encode(value) for key, value in sample.items()}
+
+
 def _decode_or_reason(folder: Path, cfg: DecodeConfig) -> tuple[str, dict | None, str | None]:
     try:
-        return folder.name, decode_event(folder, cfg.num_frames, cfg.size, cfg.backend, cfg.interpolation), None
+        sample = decode_event(folder, cfg.num_frames, cfg.size, cfg.backend, cfg.interpolation)
+        return folder.name, _as_npy_bytes(sample), None
     except EventError as err:
         return folder.name, None, str(err)
     except Exception as err:  # never let one event kill a 10,000-event run
@@ -104,6 +118,10 @@ def _clear_outputs(out_dir: Path) -> None:
 
 def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig) -> dict:
     """Decode every event folder under events_dir into out_dir; writes report.json, returns it plus timing."""
+    # Imported here, not at module level: webdataset pulls in torch (1 s), and every spawned
+    # decode worker imports this module; workers only decode, the writer lives in this process.
+    from spectral.shards import ShardWriter
+
     started = time.perf_counter()
     folders = find_event_folders(events_dir)
     out_dir = Path(out_dir)
