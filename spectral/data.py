@@ -106,15 +106,16 @@ class CachedShardDataModule(pl_lightning.LightningDataModule):
         sensors = torch.from_numpy(self.sensors[sample["__key__"]].copy())
         return embeddings, waveform, sensors, int(json.loads(sample["json"])["label"])
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        """Batches of one split; evaluation also reads the train split through it (for ablation means)."""
         return DataLoader(self._samples(split, shuffle=shuffle), batch_size=self.batch_size,
                           num_workers=self.num_workers, persistent_workers=False)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self.loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self.loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self.loader("test")

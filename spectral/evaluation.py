@@ -147,7 +147,7 @@ def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path
     class_names = config["class_names"]
     data = CachedShardDataModule(embed_dir, sensors_path, batch_size=batch_size)
     data.setup("test")
-    train_parts, _ = branch_outputs(model, data._loader("train"))
+    train_parts, _ = branch_outputs(model, data.loader("train"))
     train_means = [p.mean(dim=0, keepdim=True) for p in train_parts]
     test_parts, labels = branch_outputs(model, data.test_dataloader())
     if labels.size == 0:
