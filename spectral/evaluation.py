@@ -152,8 +152,9 @@ def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path
     test_parts, labels = branch_outputs(model, data.test_dataloader())
     if labels.size == 0:
         raise ValueError(f"the test split in {embed_dir} is empty: add events or raise decode.splits.test")
-    metrics = classification_metrics(_probabilities(model, test_parts), labels, class_names)
-    preds = _probabilities(model, test_parts).argmax(axis=1)
+    probabilities = _probabilities(model, test_parts)
+    metrics = classification_metrics(probabilities, labels, class_names)
+    preds = probabilities.argmax(axis=1)
     metrics["ablation"] = ablation_table(model, test_parts, train_means, labels, class_names)
     metrics["test_events"] = int(labels.size)
     metrics["events_without_sensor_row"] = data.joins["test"].without_sensors
