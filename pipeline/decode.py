@@ -1,5 +1,6 @@
 """DVC stage `decode`: event folders → WebDataset shards + report.json (params: splits, video.*, decode.*)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -20,6 +21,10 @@ def main() -> None:
           f"of {report['inputs']} in {report['seconds']} s ({rate:.1f} events/s)")
     for rejection in report["rejected"]:
         print(f"  rejected {rejection['reason']}")
+    # Timing lives outside the cached outputs, which must stay byte-identical.
+    Path("metrics").mkdir(exist_ok=True)
+    timing = {key: report[key] for key in ("inputs", "accepted_count", "rejected_count", "per_split", "seconds")}
+    Path("metrics/decode.json").write_text(json.dumps({**timing, "events_per_s": round(rate, 2)}, indent=2) + "\n")
 
 
 if __name__ == "__main__":  # spawned worker processes re-import this file
