@@ -72,7 +72,7 @@ def read_frames_pyav(path: str, num_frames: int, size: int | None = None,
                 kept[index] = scaler.reformat(frame, format="rgb24", **target).to_ndarray()
             if index >= last:
                 break
-    return _assemble(kept, wanted, path), info
+    return _assemble(kept, wanted), info
 
 
 def read_frames_decord(path: str, num_frames: int, size: int | None = None,
@@ -92,11 +92,11 @@ def read_frames_decord(path: str, num_frames: int, size: int | None = None,
     unique = np.unique(np.minimum(wanted, available - 1))
     batch = reader.get_batch(unique.tolist()).asnumpy()
     kept = {int(i): batch[k] for k, i in enumerate(unique)}
-    frames = _assemble(kept, np.minimum(wanted, available - 1), path)
+    frames = _assemble(kept, np.minimum(wanted, available - 1))
     return (frames if size is None else resize_frames(frames, size, interpolation)), info
 
 
-def _assemble(kept: dict[int, np.ndarray], wanted: np.ndarray, path: str) -> np.ndarray:
+def _assemble(kept: dict[int, np.ndarray], wanted: np.ndarray) -> np.ndarray:
     """Stack wanted frames; a file that decodes fewer frames than it demuxes (truncated) repeats its last good one."""
     if not kept:
         raise ValueError("no frame could be decoded")
