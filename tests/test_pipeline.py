@@ -26,6 +26,7 @@ TINY = {
     "splits": {"train": 0.6, "val": 0.2, "test": 0.2},
     "video": {"num_frames": 4},
     "decode": {"workers": 2},  # exercises the spawned worker pools under dvc
+    "embed": {"batch_frames": 8},  # several batches, so the kill test can catch embed mid-write
     "train": {"max_epochs": 2, "batch_size": 4},
 }
 
@@ -164,7 +165,7 @@ def test_killed_stage_leaves_nothing_half_written_and_rerun_matches(repo):
     deadline = time.monotonic() + 120
     while not list((repo / "data" / "embeddings").glob("*.tar.tmp")) and process.poll() is None:
         assert time.monotonic() < deadline, "embed never started writing"
-        time.sleep(0.01)
+        time.sleep(0.002)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the stage finished before it could be killed"
