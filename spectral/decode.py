@@ -13,6 +13,7 @@ import io
 import json
 import multiprocessing
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -99,16 +100,20 @@ def _decode_or_reason(folder: Path, cfg: DecodeConfig) -> tuple[str, dict | None
 def _ordered_results(folders: list[Path], cfg: DecodeConfig) -> Iterator[tuple[str, dict | None, str | None]]:
     """Results in input order; parallel workers never change the output bytes.
 
-    Work is submitted in small windows so memory stays bounded by the window, not the dataset.
+    A rolling window of `4 x workers` events is in flight, so memory stays bounded by the
+    window, not the dataset, and no worker idles while the writer waits on a slow event.
     """
     if cfg.workers <= 1:
         yield from (_decode_or_reason(folder, cfg) for folder in folders)
         return
-    window = cfg.workers * 4
-    pending = iter(folders)
+    remaining = iter(folders)
     with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        while chunk := list(islice(pending, window)):
-            yield from pool.map(_decode_or_reason, chunk, [cfg] * len(chunk))
+        in_flight = deque(pool.submit(_decode_or_reason, f, cfg) for f in islice(remaining, cfg.workers * 4))
+        while in_flight:
+            result = in_flight.popleft().result()
+            for folder in islice(remaining, 1):
+                in_flight.append(pool.submit(_decode_or_reason, folder, cfg))
+            yield result
 
 
 def _clear_outputs(out_dir: Path) -> None:
