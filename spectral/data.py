@@ -38,14 +38,15 @@ def shard_keys(shards: list[Path]) -> list[str]:
     return keys
 
 
-def load_sensor_table(path: Path) -> dict[str, np.ndarray]:
-    """event → float32 feature vector in SENSOR_FEATURES order (NaN = missing)."""
+def load_sensor_table(path: Path) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """(event → float32 feature vector in SENSOR_FEATURES order, NaN = missing; event → label)."""
     table = pl.read_parquet(path)
-    missing = [c for c in SENSOR_FEATURES if c not in table.columns]
+    missing = [c for c in ("event", "label", *SENSOR_FEATURES) if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: sensor table lacks columns {missing}; rerun the sensors stage")
+    events = table["event"].to_list()
     values = table.select(SENSOR_FEATURES).fill_null(float("nan")).to_numpy().astype(np.float32)
-    return dict(zip(table["event"].to_list(), values, strict=True))
+    return dict(zip(events, values, strict=True)), dict(zip(events, table["label"].to_list(), strict=True))
 
 
 @dataclass
@@ -67,38 +68,42 @@ class CachedShardDataModule(pl_lightning.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.sensors: dict[str, np.ndarray] = {}
+        self.labels: dict[str, int] = {}
         self.joins: dict[str, JoinReport] = {}
+        self.train_keys: list[str] = []
         self._shuffle_rng = random.Random(seed)
 
     def setup(self, stage: str | None = None) -> None:
         if self.sensors:
             return
-        self.sensors = load_sensor_table(self.sensors_path)
+        self.sensors, self.labels = load_sensor_table(self.sensors_path)
         for split in ("train", "val", "test"):
             keys = shard_keys(shard_paths(self.embed_dir, split))
             lacking = [k for k in keys if k not in self.sensors]
             self.joins[split] = JoinReport(split, len(keys) - len(lacking), lacking)
+            if split == "train":
+                self.train_keys = [k for k in keys if k in self.sensors]
         if self.joins["train"].used == 0:
             raise ValueError(f"no training events with both cached shards in {self.embed_dir} and sensor rows in "
                              f"{self.sensors_path}")
 
     def train_labels(self) -> np.ndarray:
-        return np.array([json.loads(s["json"])["label"] for s in self._samples("train", decode=False)])
+        """Labels of the training events, from the sensor table: no pass over the shards."""
+        return np.array([self.labels[k] for k in self.train_keys], dtype=np.int64)
 
     def train_sensor_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         """NaN-aware mean/std of the training events' sensor features."""
-        keys = set(shard_keys(shard_paths(self.embed_dir, "train")))
-        rows = np.stack([v for k, v in self.sensors.items() if k in keys])
+        rows = np.stack([self.sensors[k] for k in self.train_keys])
         return torch.from_numpy(np.nanmean(rows, axis=0)), torch.from_numpy(np.nanstd(rows, axis=0))
 
-    def _samples(self, split: str, decode: bool = True, shuffle: bool = False) -> wds.WebDataset:
+    def _samples(self, split: str, shuffle: bool = False) -> wds.WebDataset:
         urls = [str(p) for p in shard_paths(self.embed_dir, split)]
         dataset = wds.WebDataset(urls, shardshuffle=len(urls) if shuffle else False, seed=self.seed,
                                  nodesplitter=wds.split_by_node, empty_check=False)
         dataset = dataset.select(lambda s: s["__key__"] in self.sensors)
         if shuffle and self.shuffle_buffer > 1:
             dataset = dataset.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=self._shuffle_rng)
-        return dataset.map(self._to_tensors) if decode else dataset
+        return dataset.map(self._to_tensors)
 
     def _to_tensors(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         embeddings = torch.from_numpy(np.load(io.BytesIO(sample["emb.npy"])).astype(np.float32))

@@ -116,22 +116,18 @@ def _ordered_results(folders: list[Path], cfg: DecodeConfig) -> Iterator[tuple[s
             yield result
 
 
-def _clear_outputs(out_dir: Path) -> None:
-    for stale in [*out_dir.glob("*.tar"), *out_dir.glob("*.tar.tmp"), out_dir / "report.json"]:
-        stale.unlink(missing_ok=True)
-
-
 def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig) -> dict:
     """Decode every event folder under events_dir into out_dir; writes report.json, returns it plus timing."""
     # Imported here, not at module level: webdataset pulls in torch (1 s), and every spawned
     # decode worker imports this module; workers only decode, the writer lives in this process.
-    from spectral.shards import ShardWriter
+    from spectral.shards import ShardWriter, remove_shards
 
     started = time.perf_counter()
     folders = find_event_folders(events_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _clear_outputs(out_dir)
+    remove_shards(out_dir)
+    (out_dir / "report.json").unlink(missing_ok=True)
     accepted: list[str] = []
     rejected: list[dict] = []
     per_split = dict.fromkeys(SPLITS, 0)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from spectral.models.backbone import BackboneInfo, FrameEncoder, create_backbone
-from spectral.shards import AtomicTarWriter, shard_paths
+from spectral.shards import AtomicTarWriter, remove_shards, shard_paths
 from spectral.splits import SPLITS
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,7 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig) -> dict:
         raise FileNotFoundError(f"{report_path} not found: {decoded_dir} is not the output of the decode stage")
     decode_config = json.loads(report_path.read_text(encoding="utf-8"))["config"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*out_dir.glob("*.tar"), *out_dir.glob("*.tar.tmp")]:
-        stale.unlink()
+    remove_shards(out_dir)
     encoder, info, device = build_encoder(cfg)
     counts = dict.fromkeys(SPLITS, 0)
     frames_done, seconds = 0, 0.0

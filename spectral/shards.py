@@ -75,6 +75,12 @@ class ShardWriter:
             self._current = None
 
 
+def remove_shards(directory: Path) -> None:
+    """Delete the shards (complete or half-written) a previous run left, so none outlives its inputs."""
+    for stale in [*Path(directory).glob("*.tar"), *Path(directory).glob("*.tar.tmp")]:
+        stale.unlink()
+
+
 def shard_paths(directory: Path, prefix: str) -> list[Path]:
     """Completed shards of one split, in order."""
     return sorted(Path(directory).glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"))
