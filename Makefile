@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test setup lint clean
+.PHONY: demo test setup lint golden deps clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +24,15 @@ test: setup
 
 lint: setup
 	ruff check spectral pipeline tests bench
+
+# Rewrite the committed digests of the small synth -> decode -> sensors run (tests/test_golden.py)
+# when a change is meant to alter those bytes.
+golden: setup
+	python tests/golden_run.py --update > /dev/null
+
+# Rewrite each dvc.yaml stage's code deps as the import closure of its script (tests/test_deps.py).
+deps: setup
+	python -m spectral.deps --write dvc.yaml
 
 clean:
 	rm -rf $(VENV) data/decoded data/embeddings data/demo_events data/sensors* models dvclive metrics plots

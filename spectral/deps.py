@@ -1,0 +1,135 @@
+"""The code a stage runs: the import closure of its script inside the `spectral` package.
+
+DVC re-runs a stage only when one of its listed deps changes, so a library module missing
+from a stage's deps leaves its outputs stale when that module is edited. Listing deps by
+hand drifts; this closure is what `tests/test_deps.py` holds `dvc.yaml` to, and what a
+stage can hash as "its code" (`code_digest`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import re
+from pathlib import Path
+
+PACKAGE = "spectral"
+
+
+def _module_file(root: Path, module: str) -> Path | None:
+    """The file that defines `module` (dotted name) under root, or None when it is not one of ours."""
+    parts = module.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    base = root.joinpath(*parts)
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    return None
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every dotted module name `path` imports, at module level or inside a function.
+
+    `from spectral.models import artifact` names either a module or an attribute; both
+    candidates are returned and `_module_file` keeps the ones that exist.
+    """
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    # importing a.b.c runs a/__init__.py and a/b/__init__.py first
+    return {".".join(name.split(".")[:i]) for name in names for i in range(1, name.count(".") + 2)}
+
+
+def import_closure(script: Path, root: Path = Path(".")) -> list[str]:
+    """Sorted repo-relative paths of `script` and every `spectral` module it transitively imports."""
+    root = Path(root)
+    seen: set[Path] = set()
+    todo = [Path(script)]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        full = path if path.is_absolute() else root / path
+        for module in _imported_modules(full):
+            found = _module_file(root, module)
+            if found is not None:
+                todo.append(found.relative_to(root))
+    return sorted(p.as_posix() for p in seen)
+
+
+def expand(deps: list[str], root: Path = Path(".")) -> list[str]:
+    """The .py files a list of dvc.yaml deps covers (a folder covers every module in it)."""
+    root = Path(root)
+    files: set[str] = set()
+    for dep in deps:
+        path = root / dep
+        if path.is_dir():
+            files.update(p.relative_to(root).as_posix() for p in path.rglob("*.py"))
+        elif dep.endswith(".py"):
+            files.add(dep)
+    return sorted(files)
+
+
+def code_digest(script: Path, root: Path = Path(".")) -> str:
+    """sha256 over the closure's paths and bytes: changes exactly when the stage's code does."""
+    digest = hashlib.sha256()
+    for rel in import_closure(script, root):
+        digest.update(rel.encode() + b"\0" + (Path(root) / rel).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _is_code(dep: str) -> bool:
+    return dep.startswith(("pipeline/", f"{PACKAGE}/")) or dep == PACKAGE
+
+
+def rewrite_dvc_yaml(text: str, root: Path = Path(".")) -> str:
+    """dvc.yaml text with each stage's code deps replaced by its script's closure; data deps, order of the
+    other keys and comments are kept (a line-based edit, so the file stays hand-readable)."""
+    lines, out, stage, script = text.split("\n"), [], None, None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if re.match(r"^  [A-Za-z0-9_-]+:\s*$", line):
+            stage, script = line.strip()[:-1], None
+        command = re.match(r"^    cmd: python (\S+)", line)
+        if command:
+            script = command.group(1)
+        if stage and script and line.strip() == "deps:":
+            out.append(line)
+            i += 1
+            data = []
+            while i < len(lines) and lines[i].startswith("      - "):
+                if not _is_code(lines[i][8:].strip()):
+                    data.append(lines[i])
+                i += 1
+            out += data + [f"      - {path}" for path in import_closure(Path(script), root)]
+            continue
+        out.append(line)
+        i += 1
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="the code deps (import closure) of DVC stage scripts")
+    parser.add_argument("scripts", type=Path, nargs="*", help="print the closure of these scripts")
+    parser.add_argument("--write", type=Path, metavar="DVC_YAML",
+                        help="rewrite the code deps of every `cmd: python SCRIPT` stage in this dvc.yaml")
+    args = parser.parse_args(argv)
+    if args.write:
+        args.write.write_text(rewrite_dvc_yaml(args.write.read_text(encoding="utf-8")), encoding="utf-8")
+    for script in args.scripts:
+        print(f"{script}:")
+        for path in import_closure(script):
+            print(f"  - {path}")
+
+
+if __name__ == "__main__":
+    main()
