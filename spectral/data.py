@@ -1,7 +1,7 @@
 """Training data: cached embedding shards streamed with WebDataset, joined to the sensor table.
 
 The sensor table is one small row per event, so it is held in memory and looked up by
-`__key__` (the event name) while the heavy shards stream. Shards are split across nodes
+event name (`spectral.keys`) while the heavy shards stream. Shards are split across nodes
 and DataLoader workers by WebDataset itself, which is what lets Lightning's DDP scale
 this without code changes.
 """
@@ -24,29 +24,31 @@ from torch.utils.data import DataLoader
 
 from spectral.features.sensors import SENSOR_FEATURES
 from spectral.io.audio import from_pcm16
+from spectral.keys import event_name
 from spectral.shards import shard_paths
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def shard_keys(shards: list[Path]) -> list[str]:
+def shard_events(shards: list[Path]) -> list[str]:
     """Event names in shards, from tar headers only (no payload is decoded)."""
-    keys = []
+    names = []
     for shard in shards:
         with tarfile.open(shard) as tar:
-            keys.extend(m.name.rsplit(".", 2)[0] for m in tar.getmembers() if m.name.endswith(".json"))
-    return keys
+            names.extend(event_name(m.name.split(".", 1)[0]) for m in tar.getmembers() if m.name.endswith(".json"))
+    return names
 
 
-def load_sensor_table(path: Path) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """(event → float32 feature vector in SENSOR_FEATURES order, NaN = missing; event → label)."""
+def load_sensor_table(path: Path) -> tuple[dict[str, np.ndarray], dict[str, int], dict[str, str]]:
+    """(event → float32 feature vector in SENSOR_FEATURES order, NaN = missing; event → label; event → split)."""
     table = pl.read_parquet(path)
-    missing = [c for c in ("event", "label", *SENSOR_FEATURES) if c not in table.columns]
+    missing = [c for c in ("event", "split", "label", *SENSOR_FEATURES) if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: sensor table lacks columns {missing}; rerun the sensors stage")
     events = table["event"].to_list()
     values = table.select(SENSOR_FEATURES).fill_null(float("nan")).to_numpy().astype(np.float32)
-    return dict(zip(events, values, strict=True)), dict(zip(events, table["label"].to_list(), strict=True))
+    return (dict(zip(events, values, strict=True)), dict(zip(events, table["label"].to_list(), strict=True)),
+            dict(zip(events, table["split"].to_list(), strict=True)))
 
 
 @dataclass
@@ -55,7 +57,8 @@ class JoinReport:
 
     split: str
     used: int
-    without_sensors: list[str]
+    without_sensors: list[str]   # in the embedding shards, but the sensor table has no row
+    without_shards: list[str]    # in the sensor table, but decode/embed produced no sample
 
 
 class CachedShardDataModule(pl_lightning.LightningDataModule):
@@ -76,16 +79,30 @@ class CachedShardDataModule(pl_lightning.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.sensors:
             return
-        self.sensors, self.labels = load_sensor_table(self.sensors_path)
+        self.sensors, self.labels, splits = load_sensor_table(self.sensors_path)
         for split in ("train", "val", "test"):
-            keys = shard_keys(shard_paths(self.embed_dir, split))
+            keys = shard_events(shard_paths(self.embed_dir, split))
             lacking = [k for k in keys if k not in self.sensors]
-            self.joins[split] = JoinReport(split, len(keys) - len(lacking), lacking)
+            in_shards = set(keys)
+            unmatched = sorted(e for e, s in splits.items() if s == split and e not in in_shards)
+            self.joins[split] = JoinReport(split, len(keys) - len(lacking), lacking, unmatched)
             if split == "train":
                 self.train_keys = [k for k in keys if k in self.sensors]
         if self.joins["train"].used == 0:
             raise ValueError(f"no training events with both cached shards in {self.embed_dir} and sensor rows in "
                              f"{self.sensors_path}")
+
+    def left_out(self) -> list[dict]:
+        """Every event one input has and the other lacks, with why it cannot be used: {event, split, reason}."""
+        rows = []
+        for split, join in self.joins.items():
+            rows += [{"event": e, "split": split, "reason": f"no row in {self.sensors_path} (the sensors stage "
+                                                            f"rejected it; see its report)"}
+                     for e in join.without_sensors]
+            rows += [{"event": e, "split": split, "reason": f"no sample in {self.embed_dir} (the decode stage "
+                                                            f"rejected it; see its report)"}
+                     for e in join.without_shards]
+        return rows
 
     def train_labels(self) -> np.ndarray:
         """Labels of the training events, from the sensor table: no pass over the shards."""
@@ -100,7 +117,7 @@ class CachedShardDataModule(pl_lightning.LightningDataModule):
         urls = [str(p) for p in shard_paths(self.embed_dir, split)]
         dataset = wds.WebDataset(urls, shardshuffle=len(urls) if shuffle else False, seed=self.seed,
                                  nodesplitter=wds.split_by_node, empty_check=False)
-        dataset = dataset.select(lambda s: s["__key__"] in self.sensors)
+        dataset = dataset.select(lambda s: event_name(s["__key__"]) in self.sensors)
         if shuffle and self.shuffle_buffer > 1:
             dataset = dataset.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=self._shuffle_rng)
         return dataset.map(self._to_tensors)
@@ -108,7 +125,7 @@ class CachedShardDataModule(pl_lightning.LightningDataModule):
     def _to_tensors(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         embeddings = torch.from_numpy(np.load(io.BytesIO(sample["emb.npy"])).astype(np.float32))
         waveform = torch.from_numpy(from_pcm16(np.load(io.BytesIO(sample["audio.npy"]))))
-        sensors = torch.from_numpy(self.sensors[sample["__key__"]].copy())
+        sensors = torch.from_numpy(self.sensors[event_name(sample["__key__"])].copy())
         return embeddings, waveform, sensors, int(json.loads(sample["json"])["label"])
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
