@@ -184,6 +184,17 @@ _RGB_TO_YUV = np.array([[0.257, 0.504, 0.098], [-0.148, -0.291, 0.439], [0.439, 
 _YUV_OFFSETS = (16.0, 128.0, 128.0)
 
 
+def _weighted_channels(rgb: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """rgb[..., 0] * w0 + rgb[..., 1] * w1 + rgb[..., 2] * w2, one IEEE multiply and add at a time.
+
+    Not `rgb @ weights`: a float32 matmul goes to BLAS, whose kernel (chosen per CPU, e.g. by
+    OPENBLAS_CORETYPE) decides FMA use and summation order, and so the rounding of every pixel:
+    measured, it changed the generated video's bytes from one machine to another. Elementwise
+    ufuncs round the same on every x86-64 CPU.
+    """
+    return rgb[..., 0] * weights[0] + rgb[..., 1] * weights[1] + rgb[..., 2] * weights[2]
+
+
 def _yuv_planes(rgb: np.ndarray) -> list[np.ndarray]:
     """Offset-free BT.601 Y (full size) and U, V (2x2-averaged) planes of an RGB image.
 
@@ -191,7 +202,8 @@ def _yuv_planes(rgb: np.ndarray) -> list[np.ndarray]:
     objects are painted straight into the planes: no per-frame colour conversion.
     """
     block = (rgb[0::2, 0::2] + rgb[1::2, 0::2] + rgb[0::2, 1::2] + rgb[1::2, 1::2]) * 0.25
-    return [rgb @ _RGB_TO_YUV[0], block @ _RGB_TO_YUV[1], block @ _RGB_TO_YUV[2]]
+    return [_weighted_channels(rgb, _RGB_TO_YUV[0]), _weighted_channels(block, _RGB_TO_YUV[1]),
+            _weighted_channels(block, _RGB_TO_YUV[2])]
 
 
 def _yuv420p_frame(planes: list[np.ndarray], pts: int) -> av.VideoFrame:
@@ -243,10 +255,11 @@ def _render_video(rng: np.random.Generator, plan: _Plan, cfg: SynthConfig, path:
     sh, sw = sprite.shape
     walk_from, walk_to = rng.uniform(0, w - sw, 2)
     sprite_y = int(rng.uniform(0.1, 0.95) * (h - sh))
-    sprite_yuv = np.float32(rng.uniform(10, 50)) * _RGB_TO_YUV.sum(axis=1)  # a dark grey figure
+    sprite_yuv = np.float32(rng.uniform(10, 50)) * _weighted_channels(np.ones(3, np.float32), _RGB_TO_YUV.T)  # grey
     box = int(rng.uniform(0.1, 0.3) * h)
     box_mask = np.ones((box, box), np.float32)
-    box_yuv = _RGB_TO_YUV @ (rng.uniform(30, 200) * rng.uniform(0.8, 1.2, 3)).astype(np.float32)  # muted object
+    box_rgb = (rng.uniform(30, 200) * rng.uniform(0.8, 1.2, 3)).astype(np.float32)  # a muted object
+    box_yuv = _weighted_channels(box_rgb, _RGB_TO_YUV.T)
     box_from, box_to = rng.uniform(0, w - box, 2), rng.uniform(0, h - box, 2)
     flicker = 1.0 + 0.03 * _smooth_noise(rng, frames, 4)
     # A visible figure fades in around the event; faint when the event itself is weak.

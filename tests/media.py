@@ -55,3 +55,27 @@ def write_tone(path: Path, seconds: float = 1.0, rate: int = 44_100, channels: i
     data = np.repeat(mono[:, None], channels, axis=1)
     sf.write(str(path), data, rate, subtype=subtype)
     return mono
+
+
+def upright_marker_frame(width: int = 64, height: int = 128) -> np.ndarray:
+    """A portrait frame, dark, with a bright block in its top-left corner: shows which way is up."""
+    frame = np.full((height, width, 3), 16, dtype=np.uint8)
+    frame[: height // 4, : width // 4] = 240
+    return frame
+
+
+def write_rotated_video(path: Path, degrees: int, n_frames: int = 5, upright: np.ndarray | None = None) -> Path:
+    """What a phone writes: the coded frames are `upright` turned clockwise by `degrees`, and the
+    container's display matrix says to turn them back (counter-clockwise `degrees`) for display."""
+    upright = upright_marker_frame() if upright is None else upright
+    coded = np.ascontiguousarray(np.rot90(upright, -(degrees // 90)))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = coded.shape[1], coded.shape[0], "yuv420p"
+        stream.set_display_rotation(degrees)
+        for _ in range(n_frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(coded, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return Path(path)

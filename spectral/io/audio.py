@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import soundfile as sf
@@ -21,6 +21,8 @@ class AudioInfo:
     channels: int
     subtype: str
     duration_s: float
+    repaired_samples: int = 0  # sample frames holding NaN/inf (float WAVs), replaced by 0 / full scale
+    clipped_samples: int = 0   # samples at or beyond full scale: the recording saturated
 
 
 def fit_length(waveform: np.ndarray, length: int = TARGET_SAMPLES) -> np.ndarray:
@@ -34,18 +36,23 @@ def load_audio(path: str, sample_rate: int = TARGET_RATE, length: int = TARGET_S
     """float32 mono waveform in [-1, 1] of exactly `length` samples at `sample_rate`.
 
     soundfile normalises every integer format (8-bit unsigned included) to float; channels are
-    averaged; soxr's high-quality resampler changes the rate.
+    averaged; soxr's high-quality resampler changes the rate. Repairs and saturation are
+    counted in AudioInfo, never made silently.
     """
     with sf.SoundFile(str(path)) as f:
         info = AudioInfo(f.samplerate, f.channels, f.subtype, f.frames / f.samplerate if f.samplerate else 0.0)
         data = f.read(dtype="float32", always_2d=True)
     if data.shape[0] == 0:
         raise ValueError("audio has no samples")
-    mono = data.mean(axis=1)
+    repaired = int((~np.isfinite(data)).any(axis=1).sum())
+    mono = np.nan_to_num(data, nan=0.0, posinf=1.0, neginf=-1.0).mean(axis=1)
     if info.sample_rate != sample_rate:
-        mono = soxr.resample(mono, info.sample_rate, sample_rate, quality="HQ")
-    mono = np.nan_to_num(mono, nan=0.0, posinf=1.0, neginf=-1.0)
-    return fit_length(np.ascontiguousarray(mono, dtype=np.float32), length), info
+        # float64 in, so soxr runs its 64-bit engine: the CPU-dependent rounding of its SIMD
+        # float32 engine could move int16 samples between machines.
+        mono = soxr.resample(mono.astype(np.float64), info.sample_rate, sample_rate, quality="HQ")
+    mono = fit_length(mono, length)
+    info = replace(info, repaired_samples=repaired, clipped_samples=int((np.abs(mono) >= 1.0).sum()))
+    return np.ascontiguousarray(mono, dtype=np.float32), info
 
 
 def to_pcm16(waveform: np.ndarray) -> np.ndarray:

@@ -1,24 +1,31 @@
-"""Exact, seek-free frame sampling from any video file, with two interchangeable decoders.
+"""Exact, seek-free, upright frame sampling from any video file, with two interchangeable decoders.
 
 The spec seeks once per wanted frame (cv2), which re-decodes from the previous keyframe
 every time. Here a clip is decoded once, front to back, keeping the wanted indices and
 stopping after the last one. Frame indices are counted from demuxed packets, not the
 container's frame-count header, which is missing (WebM) or wrong in real files.
+
+Phones store portrait video as landscape frames plus a display matrix; frames come out
+rotated as a player shows them, from both decoders. Scaling uses swscale's bit-exact,
+accurately rounded C paths: its default SIMD paths are not bit-exact and differ between
+CPUs, and these bytes are hashed by DVC.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import Interpolation, VideoReformatter
 from PIL import Image
 
 _PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                 "area": Image.Resampling.BOX}
-_SWS_FILTERS = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "area": "AREA"}
+_SWS_EXACT = Interpolation.BITEXACT | Interpolation.ACCURATE_RND
+_SWS_FILTERS = {"bilinear": Interpolation.BILINEAR | _SWS_EXACT, "bicubic": Interpolation.BICUBIC | _SWS_EXACT,
+                "area": Interpolation.AREA | _SWS_EXACT}
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,22 @@ class VideoInfo:
     height: int
     codec: str
     duration_s: float
+    rotation: int = 0        # counter-clockwise degrees the display matrix turns the coded frames (0/90/180/270)
+    repeated_frames: int = 0  # sampled positions whose frame could not be decoded: an earlier frame stands in
+
+
+def _quarter_turns(degrees: float) -> int:
+    """Counter-clockwise quarter turns for a display rotation; other angles are not something phones write."""
+    turns = round(degrees / 90.0)
+    if abs(degrees - 90.0 * turns) > 1.0:
+        raise ValueError(f"display matrix rotates by {degrees} degrees; only multiples of 90 are supported")
+    return turns % 4
+
+
+def _upright(frames: np.ndarray, rotation: int) -> np.ndarray:
+    """[N, H, W, 3] frames turned as the display matrix says, so they look as any player shows them."""
+    turns = _quarter_turns(rotation)
+    return np.ascontiguousarray(np.rot90(frames, turns, axes=(1, 2))) if turns else frames
 
 
 def sample_indices(total_frames: int, num_frames: int) -> np.ndarray:
@@ -41,12 +64,25 @@ def sample_indices(total_frames: int, num_frames: int) -> np.ndarray:
 
 
 def _pyav_info(path: str) -> VideoInfo:
+    """Frame count from demuxed packets; rotation from the first decoded frame's display matrix."""
+    rotation = None
     with av.open(path) as container:
         stream = container.streams.video[0]
-        packets = sum(1 for packet in container.demux(stream) if packet.size > 0)
+        packets = 0
+        for packet in container.demux(stream):
+            if packet.size <= 0:
+                continue
+            packets += 1
+            if rotation is None:
+                try:
+                    frames = packet.decode()
+                except av.error.FFmpegError:
+                    continue  # a damaged first packet: the next decodable frame tells the rotation
+                if frames:
+                    rotation = _quarter_turns(frames[0].rotation) * 90
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         return VideoInfo(packets, fps, stream.codec_context.width, stream.codec_context.height,
-                         stream.codec_context.name, packets / fps if fps else 0.0)
+                         stream.codec_context.name, packets / fps if fps else 0.0, rotation or 0)
 
 
 def read_frames_pyav(path: str, num_frames: int, size: int | None = None,
@@ -72,7 +108,8 @@ def read_frames_pyav(path: str, num_frames: int, size: int | None = None,
                 kept[index] = scaler.reformat(frame, format="rgb24", **target).to_ndarray()
             if index >= last:
                 break
-    return _assemble(kept, wanted), info
+    frames, repeated = _assemble(kept, wanted)
+    return _upright(frames, info.rotation), replace(info, repeated_frames=repeated)
 
 
 def read_frames_decord(path: str, num_frames: int, size: int | None = None,
@@ -92,22 +129,27 @@ def read_frames_decord(path: str, num_frames: int, size: int | None = None,
     unique = np.unique(np.minimum(wanted, available - 1))
     batch = reader.get_batch(unique.tolist()).asnumpy()
     kept = {int(i): batch[k] for k, i in enumerate(unique)}
-    frames = _assemble(kept, np.minimum(wanted, available - 1))
-    return (frames if size is None else resize_frames(frames, size, interpolation)), info
+    frames, _ = _assemble(kept, np.minimum(wanted, available - 1))
+    repeated = int((wanted > available - 1).sum())
+    # decord applies the display matrix itself (tests check both backends come out upright)
+    frames = frames if size is None else resize_frames(frames, size, interpolation)
+    return frames, replace(info, repeated_frames=repeated)
 
 
-def _assemble(kept: dict[int, np.ndarray], wanted: np.ndarray) -> np.ndarray:
-    """Stack wanted frames; a file that decodes fewer frames than it demuxes (truncated) repeats its last good one."""
+def _assemble(kept: dict[int, np.ndarray], wanted: np.ndarray) -> tuple[np.ndarray, int]:
+    """(wanted frames stacked, how many were repeats): a file that decodes fewer frames than it demuxes
+    (truncated, damaged packets) repeats its last good one, and the count is recorded, never hidden."""
     if not kept:
         raise ValueError("no frame could be decoded")
     ordered = sorted(kept)
-    frames = []
+    frames, repeated = [], 0
     for index in wanted:
         best = kept.get(int(index))
         if best is None:
             best = kept[max((i for i in ordered if i <= index), default=ordered[0])]
+            repeated += 1
         frames.append(best)
-    return np.stack(frames)
+    return np.stack(frames), repeated
 
 
 BACKENDS: dict[str, Callable[..., tuple[np.ndarray, VideoInfo]]] = {

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from media import CODECS, frame_index, write_index_video
+from media import CODECS, frame_index, upright_marker_frame, write_index_video, write_rotated_video
 
 from spectral.io.video import load_video, read_frames_decord, read_frames_pyav, sample_indices
 
@@ -65,3 +65,17 @@ def test_truncated_and_garbage_files_raise(tmp_path):
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(Exception):  # noqa: B017
         read_frames_pyav(str(truncated), 4)
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+@pytest.mark.parametrize("degrees", [0, 90, 180, 270])
+def test_phone_rotation_is_honoured_so_frames_come_out_upright(tmp_path, backend, degrees):
+    path = write_rotated_video(tmp_path / "portrait.mp4", degrees)
+    reader = read_frames_pyav if backend == "pyav" else read_frames_decord
+    native, info = reader(str(path), 3)
+    assert info.rotation == degrees
+    expected = upright_marker_frame()
+    assert native.shape == (3, *expected.shape)
+    assert np.abs(native.astype(int) - expected).mean() < 4  # upright, as a player shows it
+    resized, _ = load_video(str(path), 3, 32, backend=backend)
+    assert resized[:, :8, :8].mean() > 200 and resized[:, 16:, 16:].mean() < 40  # marker stays top-left
