@@ -14,7 +14,8 @@ def main() -> None:
     video, decode = params["video"], params["decode"]
     config = DecodeConfig(num_frames=video["num_frames"], size=video["size"], interpolation=video["interpolation"],
                           backend=decode["backend"], splits=params["splits"], maxcount=decode["maxcount"],
-                          maxsize=decode["maxsize"], workers=decode["workers"], strict=decode["strict"])
+                          maxsize=decode["maxsize"], workers=decode["workers"], strict=decode["strict"],
+                          max_rejected_fraction=decode["max_rejected_fraction"])
     report = run_decode(Path(sys.argv[1]), Path(sys.argv[2]), config)
     rate = report["inputs"] / max(report["seconds"], 1e-9)
     print(f"decode: {report['accepted_count']} accepted, {report['rejected_count']} rejected "

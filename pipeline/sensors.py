@@ -10,7 +10,9 @@ from spectral.features.table import run_sensors
 
 def main() -> None:
     params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
-    report = run_sensors(Path(sys.argv[1]), Path(sys.argv[2]), params["splits"], strict=params["sensors"]["strict"])
+    sensors = params["sensors"]
+    report = run_sensors(Path(sys.argv[1]), Path(sys.argv[2]), params["splits"], strict=sensors["strict"],
+                         max_rejected_fraction=sensors["max_rejected_fraction"])
     print(f"sensors: {report['accepted_count']} accepted, {report['rejected_count']} rejected of {report['inputs']}")
     for rejection in report["rejected"]:
         print(f"  rejected {rejection['reason']}")

@@ -31,7 +31,7 @@ def _cmd_decode(args: argparse.Namespace) -> None:
     from spectral.decode import DecodeConfig, run_decode
 
     cfg = DecodeConfig(num_frames=args.frames, size=args.size, backend=args.backend, splits=args.splits,
-                       workers=args.workers, strict=args.strict)
+                       workers=args.workers, strict=args.strict, max_rejected_fraction=args.max_rejected_fraction)
     report = run_decode(args.events_dir, args.out_dir, cfg)
     print(f"accepted {report['accepted_count']}, rejected {report['rejected_count']} "
           f"in {report['seconds']} s; report: {args.out_dir / 'report.json'}")
@@ -40,7 +40,8 @@ def _cmd_decode(args: argparse.Namespace) -> None:
 def _cmd_sensors(args: argparse.Namespace) -> None:
     from spectral.features.table import run_sensors
 
-    report = run_sensors(args.events_dir, args.out, args.splits, strict=args.strict)
+    report = run_sensors(args.events_dir, args.out, args.splits, strict=args.strict,
+                         max_rejected_fraction=args.max_rejected_fraction)
     print(f"accepted {report['accepted_count']}, rejected {report['rejected_count']}; table: {args.out}")
 
 
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", type=_splits, default=_splits("0.7,0.15,0.15"))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--strict", action="store_true", help="stop at the first rejected event")
+    p.add_argument("--max-rejected-fraction", type=float, default=0.5,
+                   help="fail when more of the events than this are rejected")
     p.set_defaults(func=_cmd_decode)
 
     p = sub.add_parser("sensors", help="event folders -> Parquet table of sensor features")
@@ -114,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path)
     p.add_argument("--splits", type=_splits, default=_splits("0.7,0.15,0.15"))
     p.add_argument("--strict", action="store_true")
+    p.add_argument("--max-rejected-fraction", type=float, default=0.5,
+                   help="fail when more of the events than this are rejected")
     p.set_defaults(func=_cmd_sensors)
 
     p = sub.add_parser("embed", help="decoded shards -> frozen-backbone frame embedding shards")

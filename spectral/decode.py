@@ -3,8 +3,11 @@
 Pixels and waveforms are decoded once here so that every later stage streams compact
 arrays instead of re-opening media files. Every input folder ends up either in a shard
 or in report.json's rejections with the reason; one bad file never stops the run unless
-`strict` is set. Missing-modality policy: an event needs all three files (the fusion
-model has no path for an absent modality), so a missing or undecodable one rejects it.
+`strict` is set, but more than `max_rejected_fraction` rejected fails the stage (after the
+report is written): that many bad events means a bug or a wrong folder. Whatever had to be
+repaired on the way (undecodable frames, NaN or saturated audio) is recorded per event.
+Missing-modality policy: an event needs all three files (the fusion model has no path for
+an absent modality), so a missing or undecodable one rejects it.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ from spectral.events import (
     EventError,
     MediaError,
     StrictModeError,
+    check_rejections,
     find_event_folders,
     load_event,
 )
-from spectral.io.audio import load_audio, to_pcm16
-from spectral.io.video import load_video
+from spectral.io.audio import AudioInfo, load_audio, to_pcm16
+from spectral.io.video import VideoInfo, load_video
+from spectral.keys import sample_key
 from spectral.splits import SPLITS, assign_split
 
 
@@ -51,12 +56,28 @@ class DecodeConfig:
     maxsize: int = 500_000_000
     workers: int = 2
     strict: bool = False
+    max_rejected_fraction: float = 0.5
+
+
+def media_warnings(video: VideoInfo, audio: AudioInfo) -> list[str]:
+    """What decoding had to repair in an event, in words; stored in the shard and returned by predict."""
+    warnings = []
+    if video.repeated_frames:
+        warnings.append(f"video: {video.repeated_frames} sampled frame(s) could not be decoded; "
+                        f"an earlier frame stands in")
+    if audio.repaired_samples:
+        warnings.append(f"audio: {audio.repaired_samples} sample(s) held NaN/inf and were replaced")
+    if audio.clipped_samples:
+        warnings.append(f"audio: {audio.clipped_samples} sample(s) at full scale (clipped recording)")
+    return warnings
 
 
 def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpolation: str,
-                 require_label: bool = True) -> dict:
-    """One validated event as a shard sample; raises EventError naming the file at fault."""
-    event = load_event(folder, require_label=require_label)
+                 labelled: bool = True) -> dict:
+    """One validated event as a shard sample; raises EventError naming the file at fault.
+
+    `labelled=False` (prediction) ignores the event's label entirely."""
+    event = load_event(folder, labelled=labelled)
     try:
         frames, video_info = load_video(str(event.video), num_frames, size, backend, interpolation)
     except Exception as err:  # any decoder failure is a property of this file, not of the run
@@ -71,8 +92,9 @@ def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpo
         "label_name": CLASS_NAMES[event.label] if event.label is not None else None,
         "video": {**asdict(video_info), "backend": backend, "sampled_frames": num_frames},
         "audio": asdict(audio_info),
+        "warnings": media_warnings(video_info, audio_info),
     }
-    return {"__key__": event.name, "frames.npy": frames, "audio.npy": to_pcm16(waveform), "json": meta}
+    return {"__key__": sample_key(event.name), "frames.npy": frames, "audio.npy": to_pcm16(waveform), "json": meta}
 
 
 def _as_npy_bytes(sample: dict) -> dict:
@@ -130,6 +152,7 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig) -> dict:
     (out_dir / "report.json").unlink(missing_ok=True)
     accepted: list[str] = []
     rejected: list[dict] = []
+    warnings: dict[str, list[str]] = {}
     per_split = dict.fromkeys(SPLITS, 0)
     writers = {name: ShardWriter(out_dir, name, cfg.maxcount, cfg.maxsize) for name in SPLITS}
     try:
@@ -145,6 +168,8 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig) -> dict:
             writers[split].write(sample)
             per_split[split] += 1
             accepted.append(name)
+            if sample["json"]["warnings"]:
+                warnings[name] = sample["json"]["warnings"]
     except BaseException:
         for writer in writers.values():
             writer.abort()
@@ -160,12 +185,15 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig) -> dict:
         "policy": "an event needs metadata.json with a known classification, video.mp4, audio.wav and sensors.csv; "
                   "a missing, empty or undecodable file rejects the event",
         # only what shapes the data: workers and strictness must not change the output's hash
-        "config": {k: v for k, v in asdict(cfg).items() if k not in ("workers", "strict")},
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("workers", "strict", "max_rejected_fraction")},
         "shards": shards,
         "accepted": accepted,
         "rejected": rejected,
+        "warnings": warnings,
     }
     # Timing stays out of report.json: the stage's outputs must be byte-identical across runs.
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    report_path = out_dir / "report.json"
+    report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    check_rejections("decode", len(rejected), len(folders), cfg.max_rejected_fraction, report_path)
     return {**report, "seconds": round(time.perf_counter() - started, 3)}
 

@@ -65,6 +65,23 @@ class StrictModeError(RuntimeError):
     """Raised by a stage in strict mode at the first rejected event."""
 
 
+class TooManyRejectionsError(RuntimeError):
+    """More of the input was rejected than a stage accepts as bad data: a bug or a wrong folder."""
+
+
+def check_rejections(stage: str, rejected: int, inputs: int, max_fraction: float, report: Path) -> None:
+    """Fail the stage (its report already written) when rejections exceed `max_fraction` of the inputs.
+
+    Per-event rejection keeps one bad file from killing a 10,000-event run; but when most
+    events fail, the cause is a broken build or the wrong folder, and a "successful" stage
+    that silently trained on the survivors would hide it.
+    """
+    if inputs and rejected / inputs > max_fraction:
+        raise TooManyRejectionsError(
+            f"{stage}: {rejected} of {inputs} events rejected ({rejected / inputs:.0%}), more than "
+            f"{stage}.max_rejected_fraction={max_fraction}; reasons in {report}")
+
+
 def label_index(label: str) -> int:
     """Index of a class name; accents and case are folded so "Ruido_Ambiente" is accepted.
 
@@ -79,7 +96,7 @@ def label_index(label: str) -> int:
 
 @dataclass(frozen=True)
 class Event:
-    """A validated event folder. `label` is None for unlabeled events (inference only)."""
+    """A validated event folder. `label` is None when loaded for prediction (labels ignored)."""
 
     path: Path
     label: int | None
@@ -116,8 +133,12 @@ def read_metadata(folder: Path) -> dict:
     return metadata
 
 
-def load_event(folder: Path, *, require_label: bool = True) -> Event:
-    """Validate an event folder; raise an EventError subclass naming the first problem found."""
+def load_event(folder: Path, *, labelled: bool = True) -> Event:
+    """Validate an event folder; raise an EventError subclass naming the first problem found.
+
+    `labelled=False` (prediction) ignores the classification entirely: an absent, unknown
+    or malformed label says nothing about whether the recording can be classified.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingFileError(folder.name, None, "event folder does not exist")
@@ -130,11 +151,11 @@ def load_event(folder: Path, *, require_label: bool = True) -> Event:
             raise MissingFileError(folder.name, file, "file is missing")
         if path.stat().st_size == 0:
             raise MissingFileError(folder.name, file, "file is empty")
+    if not labelled:
+        return Event(folder, None, metadata)
     raw_label = metadata.get("classification")
     if raw_label is None:
-        if require_label:
-            raise LabelError(folder.name, METADATA_FILE, "no 'classification' field (unlabeled event)")
-        return Event(folder, None, metadata)
+        raise LabelError(folder.name, METADATA_FILE, "no 'classification' field (unlabeled event)")
     if not isinstance(raw_label, str):
         raise LabelError(folder.name, METADATA_FILE, f"'classification' must be a string, got {raw_label!r}")
     try:

@@ -2,8 +2,10 @@
 
 Frames are sampled and resized exactly as the exported model's config says (the same
 function the decode stage runs), sensors go through the same feature schema, and the
-whole model (frozen backbone included) runs on batches of events. A bad event yields an
-error object, never a crash of the batch.
+whole model (frozen backbone included, built as the embed stage built it) runs on batches
+of events; every feature is per event, so the batch never changes a result. Labels are
+ignored. What had to be repaired or imputed comes back as `warnings`. A bad event yields
+an error object, never a crash of the batch.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 from spectral.decode import decode_event
 from spectral.events import SENSORS_FILE, EventError
-from spectral.features.sensors import sensor_features
+from spectral.features.sensors import missing_features, sensor_features
 from spectral.io.audio import from_pcm16
 from spectral.models.artifact import load_model
 from spectral.models.fusion import SpectralFusionModel
@@ -32,47 +34,56 @@ class Predictor:
         self.model.to(self.device)
         self.class_names: list[str] = self.config["class_names"]
 
-    def _prepare(self, folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _prepare(self, folder: Path) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], list[str]]:
+        """(frames, waveform, sensor features), and the warnings of what was repaired or imputed."""
         video = self.config["video"]
         sample = decode_event(folder, video["num_frames"], video["size"], video["backend"], video["interpolation"],
-                              require_label=False)
+                              labelled=False)
         try:
-            sensors = sensor_features(folder / SENSORS_FILE).astype(np.float32)
+            sensors = sensor_features(folder / SENSORS_FILE)
         except Exception as err:
             raise EventError(folder.name, SENSORS_FILE, f"cannot read sensors: {err}") from None
-        return sample["frames.npy"], from_pcm16(sample["audio.npy"]), sensors
+        warnings = list(sample["json"]["warnings"])
+        if imputed := missing_features(sensors):
+            warnings.append(f"sensors: imputed {', '.join(imputed)}")
+        return (sample["frames.npy"], from_pcm16(sample["audio.npy"]), sensors.astype(np.float32)), warnings
 
     @torch.inference_mode()
-    def _run(self, names: list[str], inputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Iterator[dict]:
+    def _run(self, names: list[str], inputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+             warnings: list[list[str]]) -> Iterator[dict]:
         columns = zip(*inputs, strict=True)
         frames, audio, sensors = (torch.from_numpy(np.stack(parts)).to(self.device) for parts in columns)
         indices, confidences, probabilities = self.model.predict(frames, audio, sensors)
-        for name, index, confidence, probs in zip(names, indices.tolist(), confidences.tolist(),
-                                                  probabilities.tolist(), strict=True):
+        for name, index, confidence, probs, notes in zip(names, indices.tolist(), confidences.tolist(),
+                                                         probabilities.tolist(), warnings, strict=True):
             yield {
                 "event": name,
                 "class": self.class_names[index],
                 "confidence": round(confidence, 6),
                 "probabilities": {c: round(p, 6) for c, p in zip(self.class_names, probs, strict=True)},
+                "warnings": notes,
             }
 
     def predict(self, folders: list[Path], batch_size: int = 8) -> Iterator[dict]:
         """One result per folder, in order: a prediction or {"event", "error"}."""
         names: list[str] = []
         inputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        warnings: list[list[str]] = []
         for folder in map(Path, folders):
             try:
-                inputs.append(self._prepare(folder))
+                prepared, notes = self._prepare(folder)
+                inputs.append(prepared)
+                warnings.append(notes)
                 names.append(folder.name)
             except Exception as err:  # reported per event; the rest of the batch goes on
                 # flush what is pending first, so results keep the input order
                 if names:
-                    yield from self._run(names, inputs)
-                    names, inputs = [], []
+                    yield from self._run(names, inputs, warnings)
+                    names, inputs, warnings = [], [], []
                 yield {"event": folder.name, "error": str(err)}
                 continue
             if len(names) >= batch_size:
-                yield from self._run(names, inputs)
-                names, inputs = [], []
+                yield from self._run(names, inputs, warnings)
+                names, inputs, warnings = [], [], []
         if names:
-            yield from self._run(names, inputs)
+            yield from self._run(names, inputs, warnings)

@@ -9,11 +9,14 @@ import pytest
 from media import frame_index, write_index_video, write_tone
 
 from spectral.decode import DecodeConfig, run_decode
-from spectral.events import StrictModeError
+from spectral.events import StrictModeError, TooManyRejectionsError
 from spectral.io.video import sample_indices
+from spectral.keys import event_name
 from spectral.shards import read_samples, shard_paths
 
-CFG = DecodeConfig(num_frames=4, size=32, workers=1, splits={"train": 0.5, "val": 0.25, "test": 0.25})
+# the messy fixture is mostly bad events on purpose, so it lifts the rejection limit
+CFG = DecodeConfig(num_frames=4, size=32, workers=1, splits={"train": 0.5, "val": 0.25, "test": 0.25},
+                   max_rejected_fraction=1.0)
 SENSORS = "timestamp,magnetic_magnitude\n1,45\n2,46\n"
 
 
@@ -73,6 +76,7 @@ def test_shards_hold_exact_frames_audio_and_labels(messy_events, tmp_path):
     run_decode(messy_events, tmp_path / "out", CFG)
     samples = [s for split in ("train", "val", "test") for s in read_samples(shard_paths(tmp_path / "out", split))]
     assert sorted(s["__key__"] for s in samples) == [f"event_ok{i}" for i in range(4)]
+    assert all(s["json"]["warnings"] == [] for s in samples)
     for sample in samples:
         n = 10 + int(sample["__key__"][-1])
         frames, audio, meta = sample["frames.npy"], sample["audio.npy"], sample["json"]
@@ -138,3 +142,41 @@ def test_shards_rotate_at_maxcount(messy_events, tmp_path):
     with tarfile.open(tmp_path / "out" / report["shards"]["train"][0]) as tar:
         sample = np.load(io.BytesIO(tar.extractfile(next(m for m in tar if m.name.endswith("frames.npy"))).read()))
     assert sample.shape == (4, 32, 32, 3)
+
+
+def test_more_rejections_than_the_limit_fail_the_stage_after_writing_the_report(messy_events, tmp_path):
+    message = r"7 of 11 events rejected \(64%\), more than decode.max_rejected_fraction=0.5"
+    with pytest.raises(TooManyRejectionsError, match=message):
+        run_decode(messy_events, tmp_path / "out", DecodeConfig(**{**CFG.__dict__, "max_rejected_fraction": 0.5}))
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert report["rejected_count"] == 7 and report["accepted_count"] == 4
+
+
+def test_users_event_names_survive_with_their_exact_name(tmp_path):
+    names = ["event_2026.11.27_porão", "event_sala de estar 01", "event_50%.v2", "event_日本"]
+    for name in names:
+        make_event(tmp_path / "events", name)
+    report = run_decode(tmp_path / "events", tmp_path / "out", CFG)
+    assert sorted(report["accepted"]) == sorted(names)
+    samples = [s for split in ("train", "val", "test") for s in read_samples(shard_paths(tmp_path / "out", split))]
+    assert sorted(event_name(s["__key__"]) for s in samples) == sorted(names)
+    assert all(s["frames.npy"].shape == (4, 32, 32, 3) for s in samples)  # not torn between key and extension
+    assert sorted(s["json"]["event"] for s in samples) == sorted(names)
+
+
+def test_repaired_and_clipped_audio_is_recorded_in_the_shard(tmp_path):
+    import soundfile as sf
+
+    folder = make_event(tmp_path / "events", "event_damaged")
+    wave = np.full(44_100, 0.25, dtype=np.float32)
+    wave[100:103] = np.nan
+    wave[200:250] = 1.0
+    sf.write(folder / "audio.wav", wave, 44_100, subtype="FLOAT")
+    run_decode(tmp_path / "events", tmp_path / "out", CFG)
+    (sample,) = [s for p in (tmp_path / "out").glob("*.tar") for s in read_samples([p])]
+    audio = sample["json"]["audio"]
+    assert (audio["repaired_samples"], audio["clipped_samples"]) == (3, 50)
+    assert sample["json"]["warnings"] == ["audio: 3 sample(s) held NaN/inf and were replaced",
+                                          "audio: 50 sample(s) at full scale (clipped recording)"]
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert report["warnings"] == {"event_damaged": sample["json"]["warnings"]}

@@ -78,7 +78,13 @@ def test_missing_label_is_an_error_for_training_and_unlabeled_for_inference(tmp_
     folder = make_event(tmp_path, metadata={"event_id": "x"})
     with pytest.raises(LabelError, match="unlabeled"):
         load_event(folder)
-    assert load_event(folder, require_label=False).label is None
+    assert load_event(folder, labelled=False).label is None
+
+
+@pytest.mark.parametrize("label", ["Fantasma", 2, None, ["x"]])
+def test_prediction_ignores_any_label(tmp_path, label):
+    folder = make_event(tmp_path, metadata={"classification": label})
+    assert load_event(folder, labelled=False).label is None
 
 
 def test_non_string_label(tmp_path):

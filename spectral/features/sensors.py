@@ -139,6 +139,11 @@ def compute_features(table: pl.DataFrame) -> np.ndarray:
     ], dtype=np.float64)
 
 
+def missing_features(features: np.ndarray) -> list[str]:
+    """Names of the features the data did not allow (the model imputes them); recorded per event."""
+    return [name for name, value in zip(SENSOR_FEATURES, features, strict=True) if np.isnan(value)]
+
+
 def sensor_features(path: Path) -> np.ndarray:
     """Feature vector of one sensors.csv; raises ValueError when the file holds no usable row."""
     table = read_sensor_table(Path(path))

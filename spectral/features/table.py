@@ -15,13 +15,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from spectral.events import CLASS_NAMES, SENSORS_FILE, EventError, StrictModeError, find_event_folders, load_event
-from spectral.features.sensors import SENSOR_FEATURES, sensor_features
+from spectral.events import (
+    CLASS_NAMES,
+    SENSORS_FILE,
+    EventError,
+    StrictModeError,
+    check_rejections,
+    find_event_folders,
+    load_event,
+)
+from spectral.features.sensors import SENSOR_FEATURES, missing_features, sensor_features
 from spectral.splits import assign_split
 
 SCHEMA = pa.schema(
     [("event", pa.string()), ("split", pa.string()), ("label", pa.int8()), ("label_name", pa.string())]
     + [(name, pa.float64()) for name in SENSOR_FEATURES]
+    + [("missing_features", pa.list_(pa.string()))]
 )
 BATCH_ROWS = 1024
 
@@ -35,11 +44,16 @@ def _row(folder: Path, splits: dict[str, float]) -> dict:
     row = {"event": event.name, "split": assign_split(event.name, splits), "label": event.label,
            "label_name": CLASS_NAMES[event.label]}
     row.update({name: (None if np.isnan(v) else float(v)) for name, v in zip(SENSOR_FEATURES, features, strict=True)})
+    row["missing_features"] = missing_features(features)
     return row
 
 
-def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], strict: bool = False) -> dict:
-    """Write the feature table to out_path and `<out_path stem>_report.json` beside it; returns the report."""
+
+def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], strict: bool = False,
+                max_rejected_fraction: float = 0.5) -> dict:
+    """Write the feature table to out_path and `<out_path stem>_report.json` beside it; returns the report.
+
+    Fails after writing both when more than `max_rejected_fraction` of the events are rejected."""
     folders = find_event_folders(events_dir)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,4 +96,5 @@ def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], stri
     }
     report_path = out_path.with_name(out_path.stem + "_report.json")
     report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    check_rejections("sensors", len(rejected), len(folders), max_rejected_fraction, report_path)
     return report

@@ -26,7 +26,9 @@ def test_table_schema_accounting_and_determinism(tiny_events, tmp_path):
     run_sensors(bad, tmp_path / "s.parquet", SPLITS)
     assert hashlib.sha256((tmp_path / "s.parquet").read_bytes()).hexdigest() == first
     table = pl.read_parquet(tmp_path / "s.parquet")
-    assert table.columns == ["event", "split", "label", "label_name", *SENSOR_FEATURES]
+    assert table.columns == ["event", "split", "label", "label_name", *SENSOR_FEATURES, "missing_features"]
+    for row in table.iter_rows(named=True):  # what the model will impute is recorded per event
+        assert row["missing_features"] == [f for f in SENSOR_FEATURES if row[f] is None]
     assert table["event"].to_list() == ["event_00000", "event_00002"]
     assert report["rejected"] == [{"event": "event_00001", "reason": report["rejected"][0]["reason"]}]
     assert report["rejected"][0]["reason"].startswith("event_00001/sensors.csv: cannot read sensors")
