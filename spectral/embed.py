@@ -62,6 +62,14 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
         else torch.float32
 
 
+def _kernel_description(device: torch.device) -> str:
+    """The kernel family that computed the embeddings: torch version and CUDA arch or CPU ISA level."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"torch {torch.__version__}, cuda sm_{major}{minor}"
+    return f"torch {torch.__version__}, cpu {torch.backends.cpu.get_cpu_capability()}"
+
+
 def build_encoder(cfg: EmbedConfig) -> tuple[FrameEncoder, BackboneInfo, torch.device]:
     backbone, info = create_backbone(cfg.backbone, cfg.weights)
     device = resolve_device(cfg.device)
@@ -179,8 +187,11 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig) -> dict:
         "backbone": info.to_dict(),
         # how frames were sampled and resized: inference on raw events must do the same
         "video": {key: decode_config[key] for key in ("num_frames", "size", "interpolation", "backend")},
+        # what the embedding bytes depend on besides the frames and weights: they are shared by
+        # pulling from a DVC remote, not recomputed, on machines where these differ
         "precision": str(encoder.precision).removeprefix("torch."),
         "device_type": device.type,
+        "kernels": _kernel_description(device),
         "channels_last": cfg.channels_last,
         "per_split": counts,
         "embedding_dtype": "float16",

@@ -157,7 +157,7 @@ def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path
     preds = probabilities.argmax(axis=1)
     metrics["ablation"] = ablation_table(model, test_parts, train_means, labels, class_names)
     metrics["test_events"] = int(labels.size)
-    metrics["events_without_sensor_row"] = data.joins["test"].without_sensors
+    metrics["left_out"] = [row for row in data.left_out() if row["split"] == "test"]
     metrics_path = Path(metrics_path)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -27,6 +27,7 @@ from spectral.features.sensors import SENSOR_FEATURES
 from spectral.models.artifact import export_model
 from spectral.models.backbone import BackboneInfo, FrameEncoder, create_backbone
 from spectral.models.fusion import SpectralFusionModel
+from spectral.provenance import code_revision, files_digest, params_digest
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,9 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
                            "std": tuple(manifest["backbone"]["std"])})
     data = CachedShardDataModule(embed_dir, sensors_path, cfg.batch_size, cfg.num_workers, cfg.shuffle_buffer, cfg.seed)
     data.setup("fit")
+    left_out = data.left_out()
+    for row in left_out:
+        log.warning("left out of %s: %s: %s", row["split"], row["event"], row["reason"])
     labels = data.train_labels()
     class_weights = inverse_frequency_weights(labels, len(CLASS_NAMES), cfg.class_weights)
     module = SpectralLightningModule(len(SENSOR_FEATURES), info.embedding_dim, lr=cfg.lr,
@@ -166,12 +170,19 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
     config = {
         "backbone": info.to_dict(),
         "embedding_precision": manifest["precision"],
+        "embedding_channels_last": manifest["channels_last"],
         "video": manifest["video"],
         "audio": {"sample_rate": 44_100, "samples": 220_500},
         "sensor_features": list(SENSOR_FEATURES),
         "class_names": list(CLASS_NAMES),
         "class_weights": class_weights,
         "train": asdict(cfg),
+        "provenance": {
+            "code": code_revision(Path(__file__)),
+            "embeddings_sha256": files_digest([p for p in Path(embed_dir).rglob("*") if p.is_file()], Path(embed_dir)),
+            "sensors_sha256": files_digest([Path(sensors_path)], Path(sensors_path).parent),
+            "params_sha256": params_digest({"train": asdict(cfg), "video.weights": weights}),
+        },
     }
     size = export_model(best.model, FrameEncoder(backbone, info), config, out_dir / "model.pt")
     summary = {
@@ -181,7 +192,8 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
         "train_events": int(labels.size),
         "train_class_counts": np.bincount(labels, minlength=len(CLASS_NAMES)).tolist(),
         "class_weights": class_weights,
-        "events_without_sensor_row": {s: j.without_sensors for s, j in data.joins.items()},
+        "left_out": left_out,
+        "provenance": config["provenance"],
         "model_bytes": size,
     }
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

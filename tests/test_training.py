@@ -1,14 +1,20 @@
 import json
+import shutil
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
+from media import upright_marker_frame, write_rotated_video
 
 from spectral.evaluation import classification_metrics, evaluate
+from spectral.features.sensors import SENSOR_FEATURES
 from spectral.inference import Predictor
+from spectral.io.audio import from_pcm16
+from spectral.keys import event_name
 from spectral.models.artifact import load_model
-from spectral.training import TrainConfig, inverse_frequency_weights, train
+from spectral.shards import read_samples, shard_paths
+from spectral.training import SpectralLightningModule, TrainConfig, inverse_frequency_weights, train
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +35,36 @@ def test_short_training_reduces_loss_and_writes_metrics(trained):
     assert "val" in dvclive and "train" in dvclive
 
 
-def test_artifact_round_trips_with_weights_only(trained):
-    out, _ = trained
+def cached_split(embedded, sensor_table, split="test"):
+    """(names, embeddings, waveforms, sensor features, labels) read straight from the shards and the
+    Parquet table: an independent path from the DataModule that training and evaluation use."""
+    rows = {r["event"]: r for r in pl.read_parquet(sensor_table).iter_rows(named=True)}
+    names, parts = [], [[], [], [], []]
+    for sample in read_samples(shard_paths(embedded, split)):
+        name = event_name(sample["__key__"])
+        names.append(name)
+        sensors = [np.nan if rows[name][f] is None else rows[name][f] for f in SENSOR_FEATURES]
+        for store, value in zip(parts, (sample["emb.npy"].astype(np.float32), from_pcm16(sample["audio.npy"]),
+                                        np.array(sensors, np.float32), sample["json"]["label"]), strict=True):
+            store.append(value)
+    return names, *(torch.from_numpy(np.stack(p)) for p in parts[:3]), np.array(parts[3])
+
+
+def test_exported_model_gives_the_best_checkpoints_logits(trained, embedded, sensor_table):
+    out, summary = trained
     payload = torch.load(out / "model.pt", weights_only=True)
     assert payload["format"] == "spectral-model/1"
     model, config = load_model(out / "model.pt")
     assert config["class_names"][3] == "Forma_Humanoide_Potencial" and len(config["sensor_features"]) == 15
     assert config["backbone"]["weights"].startswith("packaged:") and config["video"]["num_frames"] == 4
-    assert model.video.frame_encoder is not None
+    best = SpectralLightningModule.load_from_checkpoint(out / "checkpoints" / summary["best_checkpoint"],
+                                                        map_location="cpu").eval()
+    _, video, audio, sensors, _ = cached_split(embedded, sensor_table, "val")
+    with torch.no_grad():
+        torch.testing.assert_close(model(video, audio, sensors), best(video, audio, sensors), rtol=0, atol=0)
+    provenance = config["provenance"]
+    assert len(provenance["embeddings_sha256"]) == 64 and len(provenance["sensors_sha256"]) == 64
+    assert len(provenance["code"]["code_sha256"]) == 64 and provenance == summary["provenance"]
 
 
 def test_predict_schema_and_error_object_for_a_corrupt_event(trained, tiny_events, tmp_path):
@@ -47,13 +75,54 @@ def test_predict_schema_and_error_object_for_a_corrupt_event(trained, tiny_event
         (broken / f.name).write_bytes(f.read_bytes())
     (broken / "video.mp4").write_bytes(b"\x00" * 100)
     folders = [tiny_events / "event_00000", broken, tiny_events / "event_00001", tmp_path / "event_missing"]
+    relabelled = tmp_path / "event_relabelled"
+    shutil.copytree(tiny_events / "event_00001", relabelled)
+    (relabelled / "metadata.json").write_text('{"classification": "Fantasma"}', encoding="utf-8")
+    folders.append(relabelled)
     results = list(Predictor(out / "model.pt").predict(folders, batch_size=2))
-    assert [r["event"] for r in results] == ["event_00000", "event_broken", "event_00001", "event_missing"]
+    assert [r["event"] for r in results] == ["event_00000", "event_broken", "event_00001", "event_missing",
+                                             "event_relabelled"]
     ok = results[0]
-    assert set(ok) == {"event", "class", "confidence", "probabilities"}
+    assert set(ok) == {"event", "class", "confidence", "probabilities", "warnings"}
     assert abs(sum(ok["probabilities"].values()) - 1) < 1e-4 and ok["confidence"] == max(ok["probabilities"].values())
     assert results[1]["error"].startswith("event_broken/video.mp4: cannot decode video")
     assert "does not exist" in results[3]["error"]
+    assert results[4]["probabilities"] == results[2]["probabilities"]  # labels are ignored entirely
+
+
+def test_predict_on_raw_events_agrees_with_evaluation_on_the_cache(trained, tiny_events, embedded, sensor_table):
+    """Raw folders through `spectral predict` vs the cached shards evaluation reads: the same classes, and
+    probabilities within the fp16 embedding cache's rounding (measured here: max difference 1.5e-6)."""
+    out, _ = trained
+    model, _ = load_model(out / "model.pt")
+    names, video, audio, sensors, _ = cached_split(embedded, sensor_table)
+    with torch.no_grad():
+        cached = torch.softmax(model(video, audio, sensors), dim=1)
+    results = list(Predictor(out / "model.pt").predict([tiny_events / n for n in names], batch_size=3))
+    assert [r["event"] for r in results] == names and all("error" not in r for r in results)
+    raw = torch.tensor([list(r["probabilities"].values()) for r in results])
+    assert raw.argmax(dim=1).tolist() == cached.argmax(dim=1).tolist()
+    assert (raw - cached).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_predict_sees_phone_video_upright(trained, tiny_events, tmp_path, degrees):
+    """The same scene stored upright, and stored turned with a display matrix as phones do: predict must
+    prepare the same frames (up to x264 noise) and so the same probabilities."""
+    out, _ = trained
+    predictor = Predictor(out / "model.pt")
+    upright = upright_marker_frame(width=128, height=64)
+    clips = {}
+    for name, rotation in (("event_upright", 0), ("event_phone", degrees)):
+        folder = tmp_path / name
+        shutil.copytree(tiny_events / "event_00001", folder)
+        write_rotated_video(folder / "video.mp4", rotation, n_frames=8, upright=upright)
+        (frames, _, _), _ = predictor._prepare(folder)
+        clips[name] = frames.astype(int)
+    assert np.abs(clips["event_upright"] - clips["event_phone"]).mean() < 3
+    assert clips["event_phone"][:, :40, :40].mean() > 200  # the marker is top-left, as a player shows it
+    first, second = predictor.predict([tmp_path / "event_upright", tmp_path / "event_phone"])
+    assert first["class"] == second["class"]
 
 
 def test_evaluate_writes_metrics_ablation_and_plots(trained, embedded, sensor_table, tmp_path):
@@ -61,7 +130,16 @@ def test_evaluate_writes_metrics_ablation_and_plots(trained, embedded, sensor_ta
     metrics = evaluate(out / "model.pt", embedded, sensor_table, tmp_path / "m.json", tmp_path / "plots")
     assert set(metrics["ablation"]) == {"all", "without_video", "without_audio", "without_sensors",
                                         "only_video", "only_audio", "only_sensors"}
-    assert metrics["ablation"]["all"]["accuracy"] == metrics["accuracy"]
+    # the same numbers from the shards read directly, not through evaluation's data module and branches
+    model, _ = load_model(out / "model.pt")
+    _, video, audio, sensors, labels = cached_split(embedded, sensor_table)
+    with torch.no_grad():
+        preds = model(video, audio, sensors).argmax(dim=1).numpy()
+    assert metrics["test_events"] == labels.size > 0
+    assert metrics["accuracy"] == round(float((preds == labels).mean()), 4) == metrics["ablation"]["all"]["accuracy"]
+    confusion = np.zeros((4, 4), dtype=int)
+    np.add.at(confusion, (labels, preds), 1)
+    assert metrics["confusion_matrix"] == confusion.tolist()
     for name in ("confusion.csv", "reliability.csv", "confusion_matrix.png", "reliability.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 0
 

