@@ -24,6 +24,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from spectral.devices import resolve_device, resolve_precision
 from spectral.models.backbone import BackboneInfo, FrameEncoder, create_backbone
 from spectral.shards import AtomicTarWriter, remove_shards, shard_paths
 from spectral.splits import SPLITS
@@ -43,23 +44,6 @@ class EmbedConfig:
     batch_frames: int = 64
     num_workers: int = 1
     compile: bool = False
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """`auto`: bf16 where the hardware runs it natively (measured fastest here), else fp16 on GPU, else fp32."""
-    names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision != "auto":
-        return names[precision]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() \
-        else torch.float32
 
 
 def _kernel_description(device: torch.device) -> str:

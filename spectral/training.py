@@ -22,6 +22,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from spectral.data import CachedShardDataModule
+from spectral.devices import lightning_precision
 from spectral.events import CLASS_NAMES
 from spectral.features.sensors import SENSOR_FEATURES
 from spectral.models.artifact import export_model
@@ -47,7 +48,7 @@ class TrainConfig:
     class_weights: str = "auto"   # auto: inverse-frequency weights when the largest class is >1.5x the smallest
     accelerator: str = "auto"
     devices: str | int = "auto"
-    precision: str = "bf16-mixed"
+    precision: str = "auto"       # auto: bf16-mixed where the hardware has native bf16, else 32-true (CPU)
     num_workers: int = 0
     shuffle_buffer: int = 256
     logger: str = "dvclive"       # dvclive | wandb | none; a CSV log is always written
@@ -152,7 +153,7 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
         max_epochs=cfg.max_epochs,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
-        precision=cfg.precision,
+        precision=lightning_precision(cfg.precision, cfg.accelerator),
         deterministic="warn",
         logger=_loggers(cfg, out_dir, Path(dvclive_dir)),
         callbacks=[checkpoint, EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience, mode="min"),

@@ -18,7 +18,7 @@ TINY_SYNTH = SynthConfig(fps=10, duration_s=2.0, width=128, height=64)
 TINY_DECODE = DecodeConfig(num_frames=4, size=224, workers=1, splits={"train": 0.6, "val": 0.2, "test": 0.2})
 # Users name events: dates with dots, spaces, accents. Every stage test meets such names.
 USER_NAMES = {"event_00003": "event_2026.11.27_porão", "event_00007": "event_sala de estar 7",
-              "event_00011": "event_%20.v2"}
+              "event_00011": "event_x%20.v2"}
 
 
 @pytest.fixture(scope="session")
