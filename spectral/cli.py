@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from spectral.events import DEFAULT_MAX_REJECTED_FRACTION
 from spectral.splits import SPLITS
 
 
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", type=_splits, default=_splits("0.7,0.15,0.15"))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--strict", action="store_true", help="stop at the first rejected event")
-    p.add_argument("--max-rejected-fraction", type=float, default=0.5,
+    p.add_argument("--max-rejected-fraction", type=float, default=DEFAULT_MAX_REJECTED_FRACTION,
                    help="fail when more of the events than this are rejected")
     p.set_defaults(func=_cmd_decode)
 
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path)
     p.add_argument("--splits", type=_splits, default=_splits("0.7,0.15,0.15"))
     p.add_argument("--strict", action="store_true")
-    p.add_argument("--max-rejected-fraction", type=float, default=0.5,
+    p.add_argument("--max-rejected-fraction", type=float, default=DEFAULT_MAX_REJECTED_FRACTION,
                    help="fail when more of the events than this are rejected")
     p.set_defaults(func=_cmd_sensors)
 

@@ -99,10 +99,14 @@ class CachedShardDataModule(pl_lightning.LightningDataModule):
             rows += [{"event": e, "split": split, "reason": f"no row in {self.sensors_path} (the sensors stage "
                                                             f"rejected it; see its report)"}
                      for e in join.without_sensors]
-            rows += [{"event": e, "split": split, "reason": f"no sample in {self.embed_dir} (the decode stage "
-                                                            f"rejected it; see its report)"}
+            rows += [{"event": e, "split": split, "reason": f"no sample in {self.embed_dir} (rejected by the "
+                                                            f"decode stage, see its report, or not embedded)"}
                      for e in join.without_shards]
         return rows
+
+    def used_events(self, split: str) -> list[str]:
+        """Event names in the order an unshuffled single-process loader of `split` yields them."""
+        return [e for e in shard_events(shard_paths(self.embed_dir, split)) if e in self.sensors]
 
     def train_labels(self) -> np.ndarray:
         """Labels of the training events, from the sensor table: no pass over the shards."""

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from spectral.events import (
     AUDIO_FILE,
     CLASS_NAMES,
+    DEFAULT_MAX_REJECTED_FRACTION,
     VIDEO_FILE,
     EventError,
     MediaError,
@@ -56,7 +57,7 @@ class DecodeConfig:
     maxsize: int = 500_000_000
     workers: int = 2
     strict: bool = False
-    max_rejected_fraction: float = 0.5
+    max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION
 
 
 def media_warnings(video: VideoInfo, audio: AudioInfo) -> list[str]:
@@ -65,6 +66,8 @@ def media_warnings(video: VideoInfo, audio: AudioInfo) -> list[str]:
     if video.repeated_frames:
         warnings.append(f"video: {video.repeated_frames} sampled frame(s) could not be decoded; "
                         f"an earlier frame stands in")
+    if video.corrupt_frames:
+        warnings.append(f"video: {video.corrupt_frames} sampled frame(s) decoded with damage (error-concealed)")
     if audio.repaired_samples:
         warnings.append(f"audio: {audio.repaired_samples} sample(s) held NaN/inf and were replaced")
     if audio.clipped_samples:

@@ -30,8 +30,15 @@ def _module_file(root: Path, module: str) -> Path | None:
     return None
 
 
-def _imported_modules(path: Path) -> set[str]:
-    """Every dotted module name `path` imports, at module level or inside a function.
+def _package_of(path: Path) -> list[str]:
+    """Dotted package parts of a file under the repo root (relative imports resolve against it)."""
+    parts = list(path.with_suffix("").parts)
+    return parts[:-1]
+
+
+def _imported_modules(path: Path, rel: Path) -> set[str]:
+    """Every dotted module name the file imports, at module level or inside a function; relative
+    imports (`from .audio import x`) are resolved against the file's package (`rel` is its repo path).
 
     `from spectral.models import artifact` names either a module or an attribute; both
     candidates are returned and `_module_file` keeps the ones that exist.
@@ -40,9 +47,15 @@ def _imported_modules(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                package = _package_of(rel)
+                base = package[: len(package) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
     # importing a.b.c runs a/__init__.py and a/b/__init__.py first
     return {".".join(name.split(".")[:i]) for name in names for i in range(1, name.count(".") + 2)}
 
@@ -57,8 +70,7 @@ def import_closure(script: Path, root: Path = Path(".")) -> list[str]:
         if path in seen:
             continue
         seen.add(path)
-        full = path if path.is_absolute() else root / path
-        for module in _imported_modules(full):
+        for module in _imported_modules(root / path, path):
             found = _module_file(root, module)
             if found is not None:
                 todo.append(found.relative_to(root))
@@ -78,12 +90,22 @@ def expand(deps: list[str], root: Path = Path(".")) -> list[str]:
     return sorted(files)
 
 
+def files_digest(paths: list[Path], root: Path) -> str:
+    """sha256 over the files' paths relative to root and their bytes, in sorted order: the same for the
+    same tree wherever it lies."""
+    root = Path(root).resolve()
+    digest = hashlib.sha256()
+    for rel, full in sorted((p.relative_to(root).as_posix(), p) for p in (Path(q).resolve() for q in paths)):
+        digest.update(rel.encode() + b"\0")
+        with open(full, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def code_digest(script: Path, root: Path = Path(".")) -> str:
     """sha256 over the closure's paths and bytes: changes exactly when the stage's code does."""
-    digest = hashlib.sha256()
-    for rel in import_closure(script, root):
-        digest.update(rel.encode() + b"\0" + (Path(root) / rel).read_bytes() + b"\0")
-    return digest.hexdigest()
+    return files_digest([Path(root) / p for p in import_closure(script, root)], root)
 
 
 def _is_code(dep: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +24,7 @@ from spectral.models.artifact import load_model  # noqa: E402
 from spectral.models.fusion import SpectralFusionModel  # noqa: E402
 
 MODALITIES = ("video", "audio", "sensors")
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -158,6 +160,11 @@ def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path
     metrics["ablation"] = ablation_table(model, test_parts, train_means, labels, class_names)
     metrics["test_events"] = int(labels.size)
     metrics["left_out"] = [row for row in data.left_out() if row["split"] == "test"]
+    for row in metrics["left_out"]:
+        log.warning("left out of the test split: %s: %s", row["event"], row["reason"])
+    events = data.used_events("test")
+    if len(events) != labels.size:
+        raise RuntimeError(f"{len(events)} test events listed but {labels.size} scored: shard order changed")
     metrics_path = Path(metrics_path)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -167,6 +174,11 @@ def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path
         writer = csv.writer(f)
         writer.writerow(["actual", "predicted"])
         writer.writerows((class_names[a], class_names[p]) for a, p in zip(labels, preds, strict=True))
+    with open(plots_dir / "predictions.csv", "w", newline="", encoding="utf-8") as f:  # per event, to inspect
+        writer = csv.writer(f)
+        writer.writerow(["event", "actual", "predicted", "confidence", *class_names])
+        writer.writerows([event, class_names[a], class_names[p], f"{row.max():.6f}", *(f"{v:.6f}" for v in row)]
+                         for event, a, p, row in zip(events, labels, preds, probabilities, strict=True))
     with open(plots_dir / "reliability.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["bin_confidence", "accuracy", "count"])
         writer.writeheader()

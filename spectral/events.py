@@ -65,6 +65,9 @@ class StrictModeError(RuntimeError):
     """Raised by a stage in strict mode at the first rejected event."""
 
 
+DEFAULT_MAX_REJECTED_FRACTION = 0.5
+
+
 class TooManyRejectionsError(RuntimeError):
     """More of the input was rejected than a stage accepts as bad data: a bug or a wrong folder."""
 
@@ -76,7 +79,11 @@ def check_rejections(stage: str, rejected: int, inputs: int, max_fraction: float
     events fail, the cause is a broken build or the wrong folder, and a "successful" stage
     that silently trained on the survivors would hide it.
     """
-    if inputs and rejected / inputs > max_fraction:
+    if not 0.0 <= max_fraction <= 1.0:
+        raise ValueError(f"{stage}.max_rejected_fraction must be within [0, 1], got {max_fraction}")
+    if inputs == 0:
+        raise TooManyRejectionsError(f"{stage}: the events folder holds no event folders; report in {report}")
+    if rejected / inputs > max_fraction:
         raise TooManyRejectionsError(
             f"{stage}: {rejected} of {inputs} events rejected ({rejected / inputs:.0%}), more than "
             f"{stage}.max_rejected_fraction={max_fraction}; reasons in {report}")
@@ -136,15 +143,16 @@ def read_metadata(folder: Path) -> dict:
 def load_event(folder: Path, *, labelled: bool = True) -> Event:
     """Validate an event folder; raise an EventError subclass naming the first problem found.
 
-    `labelled=False` (prediction) ignores the classification entirely: an absent, unknown
-    or malformed label says nothing about whether the recording can be classified.
+    `labelled=False` (prediction) ignores metadata.json entirely: it holds only the label, and
+    an absent, unknown or malformed label says nothing about whether the recording can be
+    classified.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingFileError(folder.name, None, "event folder does not exist")
     if not folder.name.startswith(EVENT_PREFIX):
         raise EventError(folder.name, None, f"folder name must start with {EVENT_PREFIX!r}")
-    metadata = read_metadata(folder)
+    metadata = read_metadata(folder) if labelled else {}
     for file in REQUIRED_FILES[1:]:
         path = folder / file
         if not path.is_file():

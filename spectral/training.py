@@ -22,13 +22,14 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from spectral.data import CachedShardDataModule
+from spectral.deps import files_digest
 from spectral.devices import lightning_precision
 from spectral.events import CLASS_NAMES
 from spectral.features.sensors import SENSOR_FEATURES
 from spectral.models.artifact import export_model
 from spectral.models.backbone import BackboneInfo, FrameEncoder, create_backbone
 from spectral.models.fusion import SpectralFusionModel
-from spectral.provenance import code_revision, files_digest, params_digest
+from spectral.provenance import code_revision, params_digest
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +148,14 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
                                      weight_decay=cfg.weight_decay, lr_factor=cfg.lr_factor,
                                      lr_patience=cfg.lr_patience, class_weights=class_weights)
     module.model.sensors.set_statistics(*data.train_sensor_statistics())
+    precision = lightning_precision(cfg.precision, cfg.accelerator)
     checkpoint = ModelCheckpoint(dirpath=str(checkpoints), filename="spectral-{epoch:02d}-{val_loss:.3f}",
                                  monitor="val_loss", mode="min", save_top_k=3)
     trainer = pl.Trainer(
         max_epochs=cfg.max_epochs,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
-        precision=lightning_precision(cfg.precision, cfg.accelerator),
+        precision=precision,
         deterministic="warn",
         logger=_loggers(cfg, out_dir, Path(dvclive_dir)),
         callbacks=[checkpoint, EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience, mode="min"),
@@ -178,6 +180,7 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
         "class_names": list(CLASS_NAMES),
         "class_weights": class_weights,
         "train": asdict(cfg),
+        "train_precision": precision,
         "provenance": {
             "code": code_revision(Path(__file__)),
             "embeddings_sha256": files_digest([p for p in Path(embed_dir).rglob("*") if p.is_file()], Path(embed_dir)),
@@ -193,6 +196,7 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
         "train_events": int(labels.size),
         "train_class_counts": np.bincount(labels, minlength=len(CLASS_NAMES)).tolist(),
         "class_weights": class_weights,
+        "train_precision": precision,
         "left_out": left_out,
         "provenance": config["provenance"],
         "model_bytes": size,

@@ -1,8 +1,9 @@
 """Synth, decode and sensors give the committed bytes, whatever CPU kernels numpy and OpenBLAS pick.
 
 The digests in golden_digests.json were made on one machine; this test recomputes them here,
-also with numpy's SIMD dispatch narrowed to the x86-64-v2 baseline and OpenBLAS forced onto
-other kernels, so bytes that depend on the CPU fail on any machine. `make golden` rewrites
+also with numpy's SIMD dispatch narrowed to the x86-64-v2 baseline, OpenBLAS forced onto other
+kernels and soxr's SIMD off, so bytes that depend on those choices fail on any machine (x264,
+swscale in bit-exact mode and libsndfile cannot be narrowed from outside). `make golden` rewrites
 the digests when a change is meant to alter these bytes.
 """
 
@@ -23,13 +24,15 @@ NARROWED_NUMPY = " ".join(t for t in __cpu_dispatch__ if __cpu_features__.get(t)
 VARIANTS = {
     "default": {},
     "openblas-haswell": {"OPENBLAS_CORETYPE": "Haswell"},
-    "baseline-only": {"NPY_DISABLE_CPU_FEATURES": NARROWED_NUMPY, "OPENBLAS_CORETYPE": "Prescott"},
+    "baseline-only": {"NPY_DISABLE_CPU_FEATURES": NARROWED_NUMPY, "OPENBLAS_CORETYPE": "Prescott",
+                      "SOXR_USE_SIMD": "0"},
 }
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_outputs_match_the_committed_digests(variant, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES",
+                                                           "SOXR_USE_SIMD")}
     env.update(VARIANTS[variant])
     result = subprocess.run([sys.executable, str(HERE / "golden_run.py")], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)

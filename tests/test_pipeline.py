@@ -17,7 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+from spectral.provenance import git_blob_id
 
 PROJECT = Path(__file__).resolve().parents[1]
 STAGES = ("synth", "decode", "sensors", "embed", "train", "evaluate")
@@ -31,8 +34,15 @@ TINY = {
 }
 
 
+def env_for(repo: Path) -> dict[str, str]:
+    """The venv's tools first, and the temp repo's own `spectral` ahead of the installed one, so what DVC hashes
+    as a stage's code is what the stage runs (an edit in the temp repo changes behaviour there)."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "PYTHONPATH": str(repo)}
+
+
 def run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = env_for(cwd)
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -102,7 +112,8 @@ def test_full_repro_produces_every_output(repo):
 
 
 def test_editing_code_used_only_downstream_reruns_the_stages_that_run_it(repo):
-    """from_pcm16 runs only when train and evaluate read waveforms back; decode imports its module too."""
+    """from_pcm16 runs only when train and evaluate read waveforms back; decode imports its module too.
+    The stages run the temp repo's edited code (PYTHONPATH), so "decode re-ran, same output" is real."""
     before = lock_hashes(repo)
     audio = repo / "spectral" / "io" / "audio.py"
     source = audio.read_text(encoding="utf-8")
@@ -113,6 +124,8 @@ def test_editing_code_used_only_downstream_reruns_the_stages_that_run_it(repo):
     assert {"train", "evaluate"} <= ran and not ran & {"synth", "sensors"}, ran
     after = lock_hashes(repo)
     assert after["decode"]["data/decoded"] == before["decode"]["data/decoded"]  # re-ran, same output
+    provenance = torch.load(repo / "models" / "model.pt", weights_only=True)["config"]["provenance"]
+    assert provenance["code"]["git_blobs"]["spectral/io/audio.py"] == git_blob_id(edited.encode())  # ran the edit
     commit(repo, "edit from_pcm16")
 
 
@@ -173,7 +186,7 @@ def test_experiment_run_shows_metrics(repo):
 def test_killed_stage_leaves_nothing_half_written_and_rerun_matches(repo):
     before = lock_hashes(repo)
     cache_files = {p for p in (repo / ".dvc" / "cache").rglob("*") if p.is_file()}
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = env_for(repo)
     process = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "--force", "-s", "embed"],
                                cwd=repo, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)

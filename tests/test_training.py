@@ -1,5 +1,8 @@
+import csv
 import json
 import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -7,6 +10,7 @@ import pytest
 import torch
 from media import upright_marker_frame, write_rotated_video
 
+import spectral.training
 from spectral.evaluation import classification_metrics, evaluate
 from spectral.features.sensors import SENSOR_FEATURES
 from spectral.inference import Predictor
@@ -53,7 +57,7 @@ def cached_split(embedded, sensor_table, split="test"):
 def test_exported_model_gives_the_best_checkpoints_logits(trained, embedded, sensor_table):
     out, summary = trained
     payload = torch.load(out / "model.pt", weights_only=True)
-    assert payload["format"] == "spectral-model/1"
+    assert payload["format"] == "spectral-model/2"
     model, config = load_model(out / "model.pt")
     assert config["class_names"][3] == "Forma_Humanoide_Potencial" and len(config["sensor_features"]) == 15
     assert config["backbone"]["weights"].startswith("packaged:") and config["video"]["num_frames"] == 4
@@ -65,6 +69,10 @@ def test_exported_model_gives_the_best_checkpoints_logits(trained, embedded, sen
     provenance = config["provenance"]
     assert len(provenance["embeddings_sha256"]) == 64 and len(provenance["sensors_sha256"]) == 64
     assert len(provenance["code"]["code_sha256"]) == 64 and provenance == summary["provenance"]
+    training_py = Path(spectral.training.__file__)
+    git_blob = subprocess.run(["git", "hash-object", str(training_py)], capture_output=True, text=True).stdout.strip()
+    assert provenance["code"]["git_blobs"]["spectral/training.py"] == git_blob
+    assert config["train_precision"] == "32-true"
 
 
 def test_predict_schema_and_error_object_for_a_corrupt_event(trained, tiny_events, tmp_path):
@@ -90,18 +98,29 @@ def test_predict_schema_and_error_object_for_a_corrupt_event(trained, tiny_event
     assert results[4]["probabilities"] == results[2]["probabilities"]  # labels are ignored entirely
 
 
-def test_predict_on_raw_events_agrees_with_evaluation_on_the_cache(trained, tiny_events, embedded, sensor_table):
-    """Raw folders through `spectral predict` vs the cached shards evaluation reads: the same classes, and
-    probabilities within the fp16 embedding cache's rounding (measured here: max difference 1.5e-6)."""
+def test_predict_on_raw_events_agrees_with_evaluate(trained, tiny_events, embedded, sensor_table, tmp_path):
+    """Raw folders through `spectral predict` vs evaluate's per-event predictions on the cached shards: the same
+    classes, and probabilities within the fp16 embedding cache's rounding (measured here: 1.5e-6 at most)."""
     out, _ = trained
+    evaluate(out / "model.pt", embedded, sensor_table, tmp_path / "m.json", tmp_path / "plots")
+    rows = list(csv.DictReader(open(tmp_path / "plots" / "predictions.csv", encoding="utf-8")))
+    names = [r["event"] for r in rows]
+    assert sorted(names) == sorted(cached_split(embedded, sensor_table)[0]) and names
+    predictor = Predictor(out / "model.pt")
+    results = list(predictor.predict([tiny_events / n for n in names], batch_size=3))
+    assert [r["event"] for r in results] == names and all("error" not in r for r in results)
+    assert [r["class"] for r in results] == [r["predicted"] for r in rows]
+    for result, row in zip(results, rows, strict=True):
+        for name, probability in result["probabilities"].items():
+            assert abs(probability - float(row[name])) < 1e-4
+    # the tiny test split is small: the validation events, through the same cached path, too
     model, _ = load_model(out / "model.pt")
-    names, video, audio, sensors, _ = cached_split(embedded, sensor_table)
+    names, video, audio, sensors, _ = cached_split(embedded, sensor_table, "val")
     with torch.no_grad():
         cached = torch.softmax(model(video, audio, sensors), dim=1)
-    results = list(Predictor(out / "model.pt").predict([tiny_events / n for n in names], batch_size=3))
-    assert [r["event"] for r in results] == names and all("error" not in r for r in results)
-    raw = torch.tensor([list(r["probabilities"].values()) for r in results])
-    assert raw.argmax(dim=1).tolist() == cached.argmax(dim=1).tolist()
+    raw = torch.tensor([list(r["probabilities"].values())
+                        for r in predictor.predict([tiny_events / n for n in names], batch_size=3)])
+    assert raw.argmax(dim=1).tolist() == cached.argmax(dim=1).tolist() and len(names) > 1
     assert (raw - cached).abs().max() < 1e-4
 
 

@@ -1,0 +1,1 @@
+"""Sensor features: the declared per-event schema and the Parquet table stage."""

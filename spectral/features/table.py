@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from spectral.events import (
     CLASS_NAMES,
+    DEFAULT_MAX_REJECTED_FRACTION,
     SENSORS_FILE,
     EventError,
     StrictModeError,
@@ -50,7 +51,7 @@ def _row(folder: Path, splits: dict[str, float]) -> dict:
 
 
 def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], strict: bool = False,
-                max_rejected_fraction: float = 0.5) -> dict:
+                max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION) -> dict:
     """Write the feature table to out_path and `<out_path stem>_report.json` beside it; returns the report.
 
     Fails after writing both when more than `max_rejected_fraction` of the events are rejected."""

@@ -39,7 +39,9 @@ class VideoInfo:
     codec: str
     duration_s: float
     rotation: int = 0        # counter-clockwise degrees the display matrix turns the coded frames (0/90/180/270)
+    decoded_frames: int = 0   # frames the decoder produced up to the last sampled index
     repeated_frames: int = 0  # sampled positions whose frame could not be decoded: an earlier frame stands in
+    corrupt_frames: int = 0   # sampled frames the decoder flagged corrupt (error-concealed damage)
 
 
 def _quarter_turns(degrees: float) -> int:
@@ -102,14 +104,18 @@ def read_frames_pyav(path: str, num_frames: int, size: int | None = None,
     scaler = VideoReformatter()
     target = {} if size is None else {"width": size, "height": size, "interpolation": _SWS_FILTERS[interpolation]}
     kept: dict[int, np.ndarray] = {}
+    decoded = corrupt = 0
     with av.open(path) as container:
         for index, frame in enumerate(container.decode(container.streams.video[0])):
+            decoded += 1
             if index in wanted_set:
                 kept[index] = scaler.reformat(frame, format="rgb24", **target).to_ndarray()
+                corrupt += int(frame.is_corrupt) * int((wanted == index).sum())
             if index >= last:
                 break
     frames, repeated = _assemble(kept, wanted)
-    return _upright(frames, info.rotation), replace(info, repeated_frames=repeated)
+    return _upright(frames, info.rotation), replace(info, decoded_frames=decoded, repeated_frames=repeated,
+                                                    corrupt_frames=corrupt)
 
 
 def read_frames_decord(path: str, num_frames: int, size: int | None = None,
@@ -131,6 +137,7 @@ def read_frames_decord(path: str, num_frames: int, size: int | None = None,
     kept = {int(i): batch[k] for k, i in enumerate(unique)}
     frames, _ = _assemble(kept, np.minimum(wanted, available - 1))
     repeated = int((wanted > available - 1).sum())
+    info = replace(info, decoded_frames=min(available, int(wanted[-1]) + 1))
     # decord applies the display matrix itself (tests check both backends come out upright)
     frames = frames if size is None else resize_frames(frames, size, interpolation)
     return frames, replace(info, repeated_frames=repeated)

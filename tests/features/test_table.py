@@ -4,7 +4,7 @@ import json
 import polars as pl
 import pytest
 
-from spectral.events import StrictModeError
+from spectral.events import StrictModeError, TooManyRejectionsError
 from spectral.features.sensors import SENSOR_FEATURES
 from spectral.features.table import run_sensors
 
@@ -21,7 +21,7 @@ def test_table_schema_accounting_and_determinism(tiny_events, tmp_path):
             for f in src.iterdir():
                 dst.joinpath(f.name).write_bytes(f.read_bytes())
         (bad / "event_00001" / "sensors.csv").write_text("a,b\n1,2\n", encoding="utf-8")
-    report = run_sensors(bad, tmp_path / "s.parquet", SPLITS)
+    report = run_sensors(bad, tmp_path / "s.parquet", SPLITS)  # 1 of 3 rejected: within the default limit
     first = hashlib.sha256((tmp_path / "s.parquet").read_bytes()).hexdigest()
     run_sensors(bad, tmp_path / "s.parquet", SPLITS)
     assert hashlib.sha256((tmp_path / "s.parquet").read_bytes()).hexdigest() == first
@@ -36,3 +36,20 @@ def test_table_schema_accounting_and_determinism(tiny_events, tmp_path):
     assert saved["accepted"] == ["event_00000", "event_00002"]
     with pytest.raises(StrictModeError):
         run_sensors(bad, tmp_path / "strict.parquet", SPLITS, strict=True)
+
+
+def test_rejection_limit_fails_after_the_report_and_an_empty_folder_fails(tiny_events, tmp_path):
+    bad = tmp_path / "events"
+    for i, src in enumerate(sorted(tiny_events.iterdir())[:3]):
+        (bad / src.name).mkdir(parents=True)
+        for f in src.iterdir():
+            (bad / src.name / f.name).write_bytes(f.read_bytes() if i == 0 or f.name != "sensors.csv" else b"x\n")
+    with pytest.raises(TooManyRejectionsError, match="sensors: 2 of 3 events rejected"):
+        run_sensors(bad, tmp_path / "s.parquet", SPLITS)
+    assert json.loads((tmp_path / "s_report.json").read_text(encoding="utf-8"))["rejected_count"] == 2
+    run_sensors(bad, tmp_path / "lenient.parquet", SPLITS, max_rejected_fraction=1.0)
+    with pytest.raises(ValueError, match="within \\[0, 1\\]"):
+        run_sensors(bad, tmp_path / "x.parquet", SPLITS, max_rejected_fraction=1.5)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TooManyRejectionsError, match="no event folders"):
+        run_sensors(tmp_path / "empty", tmp_path / "e.parquet", SPLITS)

@@ -41,3 +41,15 @@ def test_empty_and_corrupt_wav_raise(tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"RIFF\x00\x00junk")
     with pytest.raises(sf.LibsndfileError):
         load_audio(tmp_path / "bad.wav")
+
+
+def test_saturated_int16_channels_are_counted_before_downmix(tmp_path):
+    """A channel pinned at int16 full scale is a clipped recording, even where averaging with the other
+    channel hides it; NaN-free integer audio needs no repair."""
+    stereo = np.zeros((44_100, 2), dtype=np.int16)
+    stereo[:30, 0] = 32767
+    stereo[30:40, 1] = -32768
+    stereo[40:100] = 32000  # loud, not clipped
+    sf.write(tmp_path / "a.wav", stereo, 44_100, subtype="PCM_16")
+    _, info = load_audio(str(tmp_path / "a.wav"))
+    assert (info.clipped_samples, info.repaired_samples) == (40, 0)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from media import CODECS, frame_index, upright_marker_frame, write_index_video, write_rotated_video
 
-from spectral.io.video import load_video, read_frames_decord, read_frames_pyav, sample_indices
+from spectral.io.video import _assemble, load_video, read_frames_decord, read_frames_pyav, sample_indices
 
 
 def test_sample_indices_are_uniform_and_repeat_for_short_clips():
@@ -79,3 +79,15 @@ def test_phone_rotation_is_honoured_so_frames_come_out_upright(tmp_path, backend
     assert np.abs(native.astype(int) - expected).mean() < 4  # upright, as a player shows it
     resized, _ = load_video(str(path), 3, 32, backend=backend)
     assert resized[:, :8, :8].mean() > 200 and resized[:, 16:, 16:].mean() < 40  # marker stays top-left
+
+
+def test_frames_that_could_not_be_decoded_are_counted_not_hidden():
+    kept = {0: np.zeros((2, 2, 3), np.uint8), 5: np.ones((2, 2, 3), np.uint8)}
+    frames, repeated = _assemble(kept, np.array([0, 5, 7, 9]))
+    assert repeated == 2 and [int(f.max()) for f in frames] == [0, 1, 1, 1]
+
+
+def test_clean_clip_reports_every_frame_decoded(tmp_path):
+    path = write_index_video(tmp_path / "clip.mp4", 30)
+    _, info = read_frames_pyav(str(path), 4)
+    assert (info.decoded_frames, info.repeated_frames, info.corrupt_frames) == (30, 0, 0)
