@@ -64,15 +64,20 @@ def upright_marker_frame(width: int = 64, height: int = 128) -> np.ndarray:
     return frame
 
 
-def write_rotated_video(path: Path, degrees: int, n_frames: int = 5, upright: np.ndarray | None = None) -> Path:
+def write_rotated_video(path: Path, degrees: int, n_frames: int = 5, upright: np.ndarray | None = None,
+                        codec: str = "libx264", container_format: str | None = None) -> Path:
     """What a phone writes: the coded frames are `upright` turned clockwise by `degrees`, and the
-    container's display matrix says to turn them back (counter-clockwise `degrees`) for display."""
+    container's display matrix says to turn them back (counter-clockwise `degrees`) for display.
+    `container_format` (e.g. "webm") writes that container whatever the file is called."""
     upright = upright_marker_frame() if upright is None else upright
     coded = np.ascontiguousarray(np.rot90(upright, -(degrees // 90)))
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=10)
         stream.width, stream.height, stream.pix_fmt = coded.shape[1], coded.shape[0], "yuv420p"
-        stream.set_display_rotation(degrees)
+        if codec == "libx265":
+            stream.options = {"x265-params": "log-level=error"}
+        if degrees:
+            stream.set_display_rotation(degrees)
         for _ in range(n_frames):
             for packet in stream.encode(av.VideoFrame.from_ndarray(coded, format="rgb24")):
                 container.mux(packet)

@@ -7,10 +7,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import soundfile as sf
 import torch
 from media import upright_marker_frame, write_rotated_video
 
 import spectral.training
+from spectral.decode import DecodeConfig, run_decode
+from spectral.embed import EmbedConfig, run_embed
 from spectral.evaluation import classification_metrics, evaluate
 from spectral.features.sensors import SENSOR_FEATURES
 from spectral.inference import Predictor
@@ -142,6 +145,61 @@ def test_predict_sees_phone_video_upright(trained, tiny_events, tmp_path, degree
     assert clips["event_phone"][:, :40, :40].mean() > 200  # the marker is top-left, as a player shows it
     first, second = predictor.predict([tmp_path / "event_upright", tmp_path / "event_phone"])
     assert first["class"] == second["class"]
+
+
+def test_a_zoo_of_user_recordings_goes_through_decode_embed_and_predict(trained, tiny_events, tmp_path):
+    """Formats and names the generator never makes: HEVC portrait phone video, VP9 in a file called
+    video.mp4, a 270-degree clip, 24-bit 48 kHz stereo, 8-bit 8 kHz, float WAV with NaN, a truncated clip,
+    a sensors.csv with two columns, a label without accents. Every valid event comes through under its
+    own name, upright, with what was repaired in its warnings; the broken one is a reason, not a crash."""
+    out, _ = trained
+    zoo = tmp_path / "zoo"
+    upright = upright_marker_frame(width=128, height=64)
+    specs = {  # name: (video codec, container, rotation, wav rate, wav subtype)
+        "event_2026.11.27_porão": ("libx265", "mp4", 90, 48_000, "PCM_24"),
+        "event_sala de estar 3": ("libvpx-vp9", "webm", 0, 8_000, "PCM_U8"),
+        "event_x.270": ("libx264", "mp4", 270, 44_100, "FLOAT"),
+        "event_poucos_sensores": ("libx264", "mp4", 0, 44_100, "PCM_16"),
+        "event_cortado": ("libx264", "mp4", 0, 44_100, "PCM_16"),
+    }
+    for name, (codec, container, degrees, rate, subtype) in specs.items():
+        folder = zoo / name
+        shutil.copytree(tiny_events / "event_00000", folder)
+        (folder / "metadata.json").write_text('{"classification": "ruido_ambiente"}', encoding="utf-8")
+        write_rotated_video(folder / "video.mp4", degrees, n_frames=12, upright=upright, codec=codec,
+                            container_format=container)
+        wave = np.tile((0.3 * np.sin(np.arange(rate) / 7.0))[:, None], (1, 2 if rate == 48_000 else 1))
+        if subtype == "FLOAT":
+            wave[10:15] = np.nan
+        sf.write(folder / "audio.wav", wave, rate, subtype=subtype)
+    video = zoo / "event_cortado" / "video.mp4"
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    (zoo / "event_poucos_sensores" / "sensors.csv").write_text("timestamp,magnetic_magnitude\n1,45\n2,47\n3,44\n")
+
+    decoded = tmp_path / "decoded"
+    report = run_decode(zoo, decoded, DecodeConfig(num_frames=4, workers=1, max_rejected_fraction=1.0))
+    assert sorted(report["accepted"]) == sorted(set(specs) - {"event_cortado"})
+    (rejection,) = report["rejected"]
+    assert rejection["reason"].startswith("event_cortado/video.mp4: cannot decode video")
+    samples = {event_name(s["__key__"]): s for p in decoded.glob("*.tar") for s in read_samples([p])}
+    for name, sample in samples.items():
+        frames = sample["frames.npy"]
+        assert frames[:, :40, :40].mean() > 180 and frames[:, 120:, 120:].mean() < 60, name  # upright
+        assert sample["json"]["video"]["rotation"] == specs[name][2] and sample["json"]["label"] == 0
+    assert samples["event_x.270"]["json"]["audio"]["repaired_samples"] == 5
+    embedded = tmp_path / "embedded"
+    run_embed(decoded, embedded, EmbedConfig(batch_frames=6))
+    assert sorted(event_name(s["__key__"]) for p in embedded.glob("*.tar") for s in read_samples([p])) == \
+        sorted(samples)
+
+    results = {r["event"]: r for r in Predictor(out / "model.pt").predict(sorted(zoo.iterdir()), batch_size=2)}
+    assert set(results) == set(specs)
+    assert results["event_cortado"]["error"].startswith("event_cortado/video.mp4: cannot decode video")
+    for name in samples:
+        assert results[name]["class"] in results[name]["probabilities"], name
+    assert results["event_x.270"]["warnings"] == ["audio: 5 sample(s) held NaN/inf and were replaced"]
+    (imputed,) = results["event_poucos_sensores"]["warnings"]
+    assert imputed.startswith("sensors: imputed accel_norm_mean, gyro_norm_mean")
 
 
 def test_evaluate_writes_metrics_ablation_and_plots(trained, embedded, sensor_table, tmp_path):
