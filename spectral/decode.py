@@ -35,6 +35,7 @@ from spectral.events import (
     MediaError,
     StrictModeError,
     check_rejections,
+    display_name,
     find_event_folders,
     load_event,
 )
@@ -117,9 +118,10 @@ def _decode_or_reason(folder: Path, cfg: DecodeConfig) -> tuple[str, dict | None
         sample = decode_event(folder, cfg.num_frames, cfg.size, cfg.backend, cfg.interpolation)
         return folder.name, _as_npy_bytes(sample), None
     except EventError as err:
-        return folder.name, None, str(err)
+        return display_name(folder.name), None, str(err)
     except Exception as err:  # never let one event kill a 10,000-event run
-        return folder.name, None, f"{folder.name}: unexpected error {type(err).__name__}: {err}"
+        name = display_name(folder.name)
+        return name, None, f"{name}: unexpected error {type(err).__name__}: {err}"
 
 
 def _ordered_results(folders: list[Path], cfg: DecodeConfig) -> Iterator[tuple[str, dict | None, str | None]]:

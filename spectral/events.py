@@ -36,10 +36,17 @@ def _ascii_fold(text: str) -> str:
 _FOLDED_TO_INDEX = {_ascii_fold(name): index for index, name in enumerate(CLASS_NAMES)}
 
 
+def display_name(name: str) -> str:
+    """A folder name as text any report can hold: bytes that are not UTF-8 (a Latin-1 name from an old zip)
+    come back from the OS as surrogates, which no UTF-8 writer accepts; they are shown as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class EventError(Exception):
     """An event that cannot be used; the message names the event and the file at fault."""
 
     def __init__(self, event: str, file: str | None, problem: str) -> None:
+        event = display_name(event)
         self.event, self.file, self.problem = event, file, problem
         where = f"{event}/{file}" if file else event
         super().__init__(f"{where}: {problem}")
@@ -150,6 +157,9 @@ def load_event(folder: Path, *, labelled: bool = True) -> Event:
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingFileError(folder.name, None, "event folder does not exist")
+    if display_name(folder.name) != folder.name:
+        raise EventError(folder.name, None, "folder name is not valid UTF-8 (undecodable bytes shown as \\xNN); "
+                                            "rename the folder")
     if not folder.name.startswith(EVENT_PREFIX):
         raise EventError(folder.name, None, f"folder name must start with {EVENT_PREFIX!r}")
     metadata = read_metadata(folder) if labelled else {}

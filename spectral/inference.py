@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from spectral.decode import decode_event
-from spectral.events import SENSORS_FILE, EventError
+from spectral.events import SENSORS_FILE, EventError, display_name
 from spectral.features.sensors import missing_features, sensor_features
 from spectral.io.audio import from_pcm16
 from spectral.models.artifact import load_model
@@ -80,7 +80,7 @@ class Predictor:
                 if names:
                     yield from self._run(names, inputs, warnings)
                     names, inputs, warnings = [], [], []
-                yield {"event": folder.name, "error": str(err)}
+                yield {"event": display_name(folder.name), "error": str(err)}
                 continue
             if len(names) >= batch_size:
                 yield from self._run(names, inputs, warnings)

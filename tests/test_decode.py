@@ -180,3 +180,22 @@ def test_repaired_and_clipped_audio_is_recorded_in_the_shard(tmp_path):
                                           "audio: 50 sample(s) at full scale (clipped recording)"]
     report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
     assert report["warnings"] == {"event_damaged": sample["json"]["warnings"]}
+
+
+def test_a_folder_name_that_is_not_utf8_is_rejected_not_fatal(tmp_path):
+    """A Latin-1 name (an old Windows zip) reaches Python as surrogates, which no UTF-8 writer accepts:
+    it must become one rejection with a printable name, not a crash of the whole run."""
+    import os
+
+    from spectral.features.table import run_sensors
+
+    make_event(tmp_path / "events", "event_ok")
+    latin = make_event(tmp_path / "events", "event_latin")
+    os.rename(latin, os.path.join(os.fsencode(tmp_path / "events"), b"event_por\xe3o"))
+    report = run_decode(tmp_path / "events", tmp_path / "out", CFG)
+    assert report["accepted"] == ["event_ok"]
+    assert report["rejected"] == [{"event": "event_por\\xe3o",
+                                   "reason": "event_por\\xe3o: folder name is not valid UTF-8 (undecodable bytes "
+                                             "shown as \\xNN); rename the folder"}]
+    sensors = run_sensors(tmp_path / "events", tmp_path / "s.parquet", CFG.splits, max_rejected_fraction=1.0)
+    assert [r["event"] for r in sensors["rejected"]] == ["event_por\\xe3o"]

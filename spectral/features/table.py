@@ -22,6 +22,7 @@ from spectral.events import (
     EventError,
     StrictModeError,
     check_rejections,
+    display_name,
     find_event_folders,
     load_event,
 )
@@ -66,8 +67,9 @@ def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], stri
             try:
                 row = _row(folder, splits)
             except Exception as err:  # one bad file never stops the run
-                reason = str(err) if isinstance(err, EventError) else f"{folder.name}: {type(err).__name__}: {err}"
-                rejected.append({"event": folder.name, "reason": reason})
+                name = display_name(folder.name)
+                reason = str(err) if isinstance(err, EventError) else f"{name}: {type(err).__name__}: {err}"
+                rejected.append({"event": name, "reason": reason})
                 if strict:
                     tmp.unlink(missing_ok=True)
                     raise StrictModeError(f"strict mode: {reason}") from None
