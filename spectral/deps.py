@@ -30,12 +30,6 @@ def _module_file(root: Path, module: str) -> Path | None:
     return None
 
 
-def _package_of(path: Path) -> list[str]:
-    """Dotted package parts of a file under the repo root (relative imports resolve against it)."""
-    parts = list(path.with_suffix("").parts)
-    return parts[:-1]
-
-
 def _imported_modules(path: Path, rel: Path) -> set[str]:
     """Every dotted module name the file imports, at module level or inside a function; relative
     imports (`from .audio import x`) are resolved against the file's package (`rel` is its repo path).
@@ -49,7 +43,7 @@ def _imported_modules(path: Path, rel: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                package = _package_of(rel)
+                package = list(rel.parent.parts)  # the file's package; `..` is its parent
                 base = package[: len(package) - node.level + 1]
                 module = ".".join([*base, *([node.module] if node.module else [])])
             else:
