@@ -49,10 +49,11 @@ class Predictor:
         return (sample["frames.npy"], from_pcm16(sample["audio.npy"]), sensors.astype(np.float32)), warnings
 
     @torch.inference_mode()
-    def _run(self, names: list[str], inputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-             warnings: list[list[str]]) -> Iterator[dict]:
-        columns = zip(*inputs, strict=True)
-        frames, audio, sensors = (torch.from_numpy(np.stack(parts)).to(self.device) for parts in columns)
+    def _run(self, pending: list[tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray], list[str]]]) -> Iterator[dict]:
+        """Predictions for (name, inputs, warnings) triples, one batch."""
+        names, inputs, warnings = zip(*pending, strict=True)
+        frames, audio, sensors = (torch.from_numpy(np.stack(parts)).to(self.device)
+                                  for parts in zip(*inputs, strict=True))
         indices, confidences, probabilities = self.model.predict(frames, audio, sensors)
         for name, index, confidence, probs, notes in zip(names, indices.tolist(), confidences.tolist(),
                                                          probabilities.tolist(), warnings, strict=True):
@@ -66,24 +67,19 @@ class Predictor:
 
     def predict(self, folders: list[Path], batch_size: int = 8) -> Iterator[dict]:
         """One result per folder, in order: a prediction or {"event", "error"}."""
-        names: list[str] = []
-        inputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        warnings: list[list[str]] = []
+        pending: list[tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray], list[str]]] = []
         for folder in map(Path, folders):
             try:
-                prepared, notes = self._prepare(folder)
-                inputs.append(prepared)
-                warnings.append(notes)
-                names.append(folder.name)
+                pending.append((folder.name, *self._prepare(folder)))
             except Exception as err:  # reported per event; the rest of the batch goes on
                 # flush what is pending first, so results keep the input order
-                if names:
-                    yield from self._run(names, inputs, warnings)
-                    names, inputs, warnings = [], [], []
+                if pending:
+                    yield from self._run(pending)
+                    pending = []
                 yield {"event": display_name(folder.name), "error": str(err)}
                 continue
-            if len(names) >= batch_size:
-                yield from self._run(names, inputs, warnings)
-                names, inputs, warnings = [], [], []
-        if names:
-            yield from self._run(names, inputs, warnings)
+            if len(pending) >= batch_size:
+                yield from self._run(pending)
+                pending = []
+        if pending:
+            yield from self._run(pending)
