@@ -13,7 +13,8 @@ def main() -> None:
     sensors = params["sensors"]
     report = run_sensors(Path(sys.argv[1]), Path(sys.argv[2]), params["splits"], strict=sensors["strict"],
                          max_rejected_fraction=sensors["max_rejected_fraction"])
-    print(f"sensors: {report['accepted_count']} accepted, {report['rejected_count']} rejected of {report['inputs']}")
+    print(f"sensors: {report['accepted_count']} accepted ({report['reused']} with features reused), "
+          f"{report['rejected_count']} rejected of {report['inputs']}")
     for rejection in report["rejected"]:
         print(f"  rejected {rejection['reason']}")
 

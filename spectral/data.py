@@ -1,15 +1,15 @@
 """Training data: cached embedding shards streamed with WebDataset, joined to the sensor table.
 
 The sensor table is one small row per event, so it is held in memory and looked up by
-event name (`spectral.keys`) while the heavy shards stream. Shards are split across nodes
-and DataLoader workers by WebDataset itself, which is what lets Lightning's DDP scale
-this without code changes.
+event name (`spectral.keys`) while the heavy shards stream. Labels come from that table,
+not the shards: relabelling an event re-runs the cheap sensors stage, never decode or embed.
+Shards are split across nodes and DataLoader workers by WebDataset itself, which is what
+lets Lightning's DDP scale this without code changes.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import random
 import tarfile
 from dataclasses import dataclass
@@ -129,8 +129,8 @@ class CachedShardDataModule(pl_lightning.LightningDataModule):
     def _to_tensors(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         embeddings = torch.from_numpy(np.load(io.BytesIO(sample["emb.npy"])).astype(np.float32))
         waveform = torch.from_numpy(from_pcm16(np.load(io.BytesIO(sample["audio.npy"]))))
-        sensors = torch.from_numpy(self.sensors[event_name(sample["__key__"])].copy())
-        return embeddings, waveform, sensors, int(json.loads(sample["json"])["label"])
+        name = event_name(sample["__key__"])
+        return embeddings, waveform, torch.from_numpy(self.sensors[name].copy()), int(self.labels[name])
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
         """Batches of one split; evaluation also reads the train split through it (for ablation means)."""

@@ -6,8 +6,13 @@ or in report.json's rejections with the reason; one bad file never stops the run
 `strict` is set, but more than `max_rejected_fraction` rejected fails the stage (after the
 report is written): that many bad events means a bug or a wrong folder. Whatever had to be
 repaired on the way (undecodable frames, NaN or saturated audio) is recorded per event.
-Missing-modality policy: an event needs all three files (the fusion model has no path for
-an absent modality), so a missing or undecodable one rejects it.
+
+The stage is incremental (spectral.incremental): report.json doubles as the index of what
+each shard holds and the key it was made from. A shard whose key is unchanged is left
+untouched on disk; a shard that must be rewritten copies its unchanged events from the old
+shards and decodes only new or changed ones. The result is byte-identical to a clean run.
+Labels are not decoded (the sensors stage's table carries them), so relabelling re-decodes
+nothing. An event needs video.mp4 and audio.wav here; a missing or undecodable one rejects it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
+import tarfile
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -28,7 +34,6 @@ from tqdm import tqdm
 
 from spectral.events import (
     AUDIO_FILE,
-    CLASS_NAMES,
     DEFAULT_MAX_REJECTED_FRACTION,
     VIDEO_FILE,
     EventError,
@@ -39,10 +44,22 @@ from spectral.events import (
     find_event_folders,
     load_event,
 )
+from spectral.frames import check_format, encode_frames
+from spectral.incremental import (
+    clean_run_requested,
+    digest,
+    file_sha256,
+    module_code_digest,
+    plan_shards,
+    shard_file_name,
+)
 from spectral.io.audio import AudioInfo, load_audio, to_pcm16
 from spectral.io.video import VideoInfo, load_video
 from spectral.keys import sample_key
 from spectral.splits import SPLITS, assign_split
+
+REPORT = "report.json"
+DECODED_FILES = (VIDEO_FILE, AUDIO_FILE)
 
 
 @dataclass(frozen=True)
@@ -54,11 +71,22 @@ class DecodeConfig:
     backend: str = "pyav"
     interpolation: str = "bicubic"
     splits: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
-    maxcount: int = 200
-    maxsize: int = 500_000_000
+    frame_format: str = "jpeg"
+    jpeg_quality: int = 95
+    shard_events: int = 64
+    max_shard_events: int = 256
     workers: int = 2
     strict: bool = False
     max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION
+
+    def sample_config(self) -> dict:
+        """What a decoded sample's bytes depend on (with the media and the code): its reuse key."""
+        return {key: getattr(self, key) for key in ("num_frames", "size", "backend", "interpolation", "splits",
+                                                    "frame_format", "jpeg_quality")}
+
+    def data_config(self) -> dict:
+        """What the stage's outputs depend on: workers and strictness must not change their hash."""
+        return {**self.sample_config(), "shard_events": self.shard_events, "max_shard_events": self.max_shard_events}
 
 
 def media_warnings(video: VideoInfo, audio: AudioInfo) -> list[str]:
@@ -76,12 +104,10 @@ def media_warnings(video: VideoInfo, audio: AudioInfo) -> list[str]:
     return warnings
 
 
-def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpolation: str,
-                 labelled: bool = True) -> dict:
-    """One validated event as a shard sample; raises EventError naming the file at fault.
-
-    `labelled=False` (prediction) ignores the event's label entirely."""
-    event = load_event(folder, labelled=labelled)
+def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpolation: str) -> dict:
+    """One event's frames ("frames.npy", uint8 [N, size, size, 3]), int16 audio and metadata;
+    raises EventError naming the file at fault. Labels are not read."""
+    event = load_event(folder, labelled=False, files=DECODED_FILES)
     try:
         frames, video_info = load_video(str(event.video), num_frames, size, backend, interpolation)
     except Exception as err:  # any decoder failure is a property of this file, not of the run
@@ -92,8 +118,6 @@ def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpo
         raise MediaError(event.name, AUDIO_FILE, f"cannot decode audio: {err}") from None
     meta = {
         "event": event.name,
-        "label": event.label,
-        "label_name": CLASS_NAMES[event.label] if event.label is not None else None,
         "video": {**asdict(video_info), "backend": backend, "sampled_frames": num_frames},
         "audio": asdict(audio_info),
         "warnings": media_warnings(video_info, audio_info),
@@ -101,22 +125,28 @@ def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpo
     return {"__key__": sample_key(event.name), "frames.npy": frames, "audio.npy": to_pcm16(waveform), "json": meta}
 
 
-def _as_npy_bytes(sample: dict) -> dict:
-    """Arrays serialised where they were made: a worker then hands the writer bytes, the cheapest thing to pickle."""
+def _shard_sample(sample: dict, cfg: DecodeConfig) -> dict:
+    """The sample as shard member bytes, serialised where it was made: a worker then hands the
+    writer bytes, the cheapest thing to pickle, and reused samples compare byte for byte."""
     def encode(value):
-        if not isinstance(value, np.ndarray):
-            return value
-        buffer = io.BytesIO()
-        np.save(buffer, value, allow_pickle=False)
-        return buffer.getvalue()
+        if isinstance(value, np.ndarray):
+            buffer = io.BytesIO()
+            np.save(buffer, value, allow_pickle=False)
+            return buffer.getvalue()
+        if isinstance(value, dict):
+            return json.dumps(value).encode("utf-8")
+        return value
 
-    return {key: encode(value) for key, value in sample.items()}
+    frames = sample.pop("frames.npy")
+    sample["json"]["split"] = assign_split(sample["json"]["event"], cfg.splits)
+    members = {**sample, **encode_frames(frames, cfg.frame_format, cfg.jpeg_quality)}
+    return {key: encode(value) for key, value in members.items()}
 
 
 def _decode_or_reason(folder: Path, cfg: DecodeConfig) -> tuple[str, dict | None, str | None]:
     try:
         sample = decode_event(folder, cfg.num_frames, cfg.size, cfg.backend, cfg.interpolation)
-        return folder.name, _as_npy_bytes(sample), None
+        return folder.name, _shard_sample(sample, cfg), None
     except EventError as err:
         return display_name(folder.name), None, str(err)
     except Exception as err:  # never let one event kill a 10,000-event run
@@ -130,7 +160,7 @@ def _ordered_results(folders: list[Path], cfg: DecodeConfig) -> Iterator[tuple[s
     A rolling window of `4 x workers` events is in flight, so memory stays bounded by the
     window, not the dataset, and no worker idles while the writer waits on a slow event.
     """
-    if cfg.workers <= 1:
+    if cfg.workers <= 1 or not folders:
         yield from (_decode_or_reason(folder, cfg) for folder in folders)
         return
     remaining = iter(folders)
@@ -143,62 +173,183 @@ def _ordered_results(folders: list[Path], cfg: DecodeConfig) -> Iterator[tuple[s
             yield result
 
 
+@dataclass
+class _Shard:
+    """One planned shard and, once made, its index entry (what report.json records for reuse)."""
+
+    split: str
+    file: str
+    key: str
+    event_keys: dict[str, str]          # every planned member (accepted or not) → its event key
+    accepted: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+    warnings: dict[str, list[str]] = field(default_factory=dict)
+    sha256: str | None = None           # None: every member was rejected, so no file was written
+
+    def entry(self) -> dict:
+        return {"file": self.file, "key": self.key, "sha256": self.sha256,
+                "events": {display_name(name): key for name, key in self.event_keys.items()}, "accepted": self.accepted, "rejected": self.rejected,
+                "warnings": self.warnings}
+
+    @classmethod
+    def from_entry(cls, split: str, entry: dict) -> _Shard:
+        return cls(split, entry["file"], entry["key"], entry["events"], entry["accepted"], entry["rejected"],
+                   entry["warnings"], entry["sha256"])
+
+
+def _previous_shards(out_dir: Path) -> dict[str, _Shard]:
+    """The last run's index by file name, keeping only entries whose file is still there."""
+    path = out_dir / REPORT
+    if clean_run_requested() or not path.is_file():
+        return {}
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        shards = [_Shard.from_entry(split, entry) for split, entries in report["index"].items() for entry in entries]
+    except (ValueError, KeyError, TypeError):  # an old layout or a damaged file: rebuild everything
+        return {}
+    return {s.file: s for s in shards if s.sha256 is None or (out_dir / s.file).is_file()}
+
+
+def _write_index(out_dir: Path, shards: list[_Shard], complete: bool, extra: dict | None = None) -> None:
+    """report.json, replaced atomically. Before a run touches any file it records only the shards it
+    keeps, so a run killed half-way never leaves an index describing a file it since rewrote."""
+    index = {split: [s.entry() for s in shards if s.split == split] for split in SPLITS}
+    report = {"stage": "decode", "complete": complete, **(extra or {}), "index": index}
+    tmp = out_dir / (REPORT + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(out_dir / REPORT)
+
+
+class _OldSamples:
+    """Random access to the samples of the previous run's shards, by event key."""
+
+    def __init__(self, out_dir: Path, previous: dict[str, _Shard]) -> None:
+        self.out_dir = out_dir
+        self.location = {previous[file].event_keys[name]: (file, name)
+                         for file in previous for name in previous[file].accepted}
+        self.rejection = {shard.event_keys[name]: reason
+                          for shard in previous.values() for name, reason in shard.rejected.items()}
+        self.warnings = {shard.event_keys[name]: shard.warnings.get(name, [])
+                         for shard in previous.values() for name in shard.accepted}
+        self._open: dict[str, tuple[tarfile.TarFile, dict[str, list[tarfile.TarInfo]]]] = {}
+
+    def sample(self, event_key: str) -> dict:
+        file, name = self.location[event_key]
+        if file not in self._open:
+            tar = tarfile.open(self.out_dir / file)
+            members: dict[str, list[tarfile.TarInfo]] = {}
+            for member in tar.getmembers():
+                members.setdefault(member.name.partition(".")[0], []).append(member)
+            self._open[file] = (tar, members)
+        tar, members = self._open[file]
+        return {"__key__": sample_key(name),
+                **{m.name.partition(".")[2]: tar.extractfile(m).read() for m in members[sample_key(name)]}}
+
+    def close(self) -> None:
+        for tar, _ in self._open.values():
+            tar.close()
+
+
+def _plan(folders: list[Path], cfg: DecodeConfig) -> list[_Shard]:
+    """Every shard this run's outputs consist of, keyed, before anything is decoded."""
+    salt = digest("decode", module_code_digest(__file__), cfg.sample_config())
+    names = [folder.name for folder in folders]
+    event_keys = {folder.name: digest(salt, folder.name, *(file_sha256(folder / f) for f in DECODED_FILES))
+                  for folder in tqdm(folders, desc="decode: hashing inputs", unit="event", leave=False)}
+    shards = []
+    for split in SPLITS:
+        in_split = [n for n in names if assign_split(n, cfg.splits) == split]
+        for members in plan_shards(in_split, cfg.shard_events, cfg.max_shard_events):
+            keys = {name: event_keys[name] for name in members}
+            shards.append(_Shard(split, shard_file_name(split, members), digest(split, keys), keys))
+    return shards
+
+
 def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig) -> dict:
-    """Decode every event folder under events_dir into out_dir; writes report.json, returns it plus timing."""
+    """Decode the event folders under events_dir into out_dir, reusing what an earlier run made from
+    the same inputs; writes report.json, returns it plus timing and reuse counts."""
     # Imported here, not at module level: webdataset pulls in torch (1 s), and every spawned
     # decode worker imports this module; workers only decode, the writer lives in this process.
-    from spectral.shards import ShardWriter, remove_shards
+    from spectral.shards import AtomicTarWriter, remove_stale_shards
 
     started = time.perf_counter()
+    check_format(cfg.frame_format, cfg.jpeg_quality)
     folders = find_event_folders(events_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_shards(out_dir)
-    (out_dir / "report.json").unlink(missing_ok=True)
-    accepted: list[str] = []
-    rejected: list[dict] = []
-    warnings: dict[str, list[str]] = {}
-    per_split = dict.fromkeys(SPLITS, 0)
-    writers = {name: ShardWriter(out_dir, name, cfg.maxcount, cfg.maxsize) for name in SPLITS}
+    plan = _plan(folders, cfg)
+    previous = _previous_shards(out_dir)
+    kept = {s.file for s in plan if s.file in previous and previous[s.file].key == s.key}
+    shards = [previous[s.file] if s.file in kept else s for s in plan]
+    _write_index(out_dir, [s for s in shards if s.file in kept], complete=False)
+    old = _OldSamples(out_dir, previous)
+    by_name = {folder.name: folder for folder in folders}
+    to_write = [s for s in shards if s.file not in kept]
+    to_decode = [by_name[name] for s in to_write for name, key in s.event_keys.items()
+                 if key not in old.location and key not in old.rejection]
+    results = _ordered_results(to_decode, cfg)
+    progress = tqdm(total=len(to_decode), desc="decode", unit="event")
+    writer = None
     try:
-        results = tqdm(_ordered_results(folders, cfg), total=len(folders), desc="decode", unit="event")
-        for name, sample, reason in results:
-            if sample is None:
-                rejected.append({"event": name, "reason": reason})
-                if cfg.strict:
-                    raise StrictModeError(f"strict mode: {reason}")
-                continue
-            split = assign_split(name, cfg.splits)
-            sample["json"]["split"] = split
-            writers[split].write(sample)
-            per_split[split] += 1
-            accepted.append(name)
-            if sample["json"]["warnings"]:
-                warnings[name] = sample["json"]["warnings"]
+        for shard in to_write:
+            writer = AtomicTarWriter(out_dir / shard.file)
+            for name, key in shard.event_keys.items():
+                if key in old.location:
+                    writer.write(old.sample(key))
+                    reason, warnings = None, old.warnings[key]
+                elif key in old.rejection:
+                    reason = old.rejection[key]
+                else:
+                    result_name, sample, reason = next(results)
+                    progress.update()
+                    if result_name != display_name(name):
+                        raise RuntimeError(f"decode results out of order: {result_name} for {name}")
+                    if sample is not None:
+                        writer.write(sample)
+                        warnings = json.loads(sample["json"])["warnings"]
+                if reason is not None:
+                    if cfg.strict:
+                        raise StrictModeError(f"strict mode: {reason}")
+                    shard.rejected[display_name(name)] = reason
+                    continue
+                shard.accepted.append(name)
+                if warnings:
+                    shard.warnings[name] = warnings
+            if shard.accepted:
+                shard.sha256 = file_sha256(writer.close())
+            else:
+                writer.abort()
+            writer = None
     except BaseException:
-        for writer in writers.values():
+        if writer is not None:
             writer.abort()
         raise
-    shards = {name: [p.name for p in writer.close()] for name, writer in writers.items()}
+    finally:
+        progress.close()
+        old.close()
+    removed = remove_stale_shards(out_dir, keep={s.file for s in shards if s.sha256})
+    accepted = sorted(name for s in shards for name in s.accepted)
+    rejected = sorted(({"event": name, "reason": reason} for s in shards for name, reason in s.rejected.items()),
+                      key=lambda r: r["event"])
     report = {
-        "stage": "decode",
         "events_dir": str(events_dir),
         "inputs": len(folders),
         "accepted_count": len(accepted),
         "rejected_count": len(rejected),
-        "per_split": per_split,
-        "policy": "an event needs metadata.json with a known classification, video.mp4, audio.wav and sensors.csv; "
+        "per_split": {split: sum(len(s.accepted) for s in shards if s.split == split) for split in SPLITS},
+        "policy": "an event needs video.mp4 and audio.wav (labels are read by the sensors stage); "
                   "a missing, empty or undecodable file rejects the event",
-        # only what shapes the data: workers and strictness must not change the output's hash
-        "config": {k: v for k, v in asdict(cfg).items() if k not in ("workers", "strict", "max_rejected_fraction")},
-        "shards": shards,
+        "config": cfg.data_config(),
+        "shards": {split: [s.file for s in shards if s.split == split and s.sha256] for split in SPLITS},
         "accepted": accepted,
         "rejected": rejected,
-        "warnings": warnings,
+        "warnings": {name: w for s in shards for name, w in s.warnings.items()},
     }
-    # Timing stays out of report.json: the stage's outputs must be byte-identical across runs.
-    report_path = out_dir / "report.json"
-    report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    # Timing and reuse counts stay out of report.json: the outputs must be byte-identical to a clean run.
+    _write_index(out_dir, shards, complete=True, extra=report)
+    report_path = out_dir / REPORT
     check_rejections("decode", len(rejected), len(folders), cfg.max_rejected_fraction, report_path)
-    return {**report, "seconds": round(time.perf_counter() - started, 3)}
-
+    decoded = len(to_decode)
+    return {**report, "seconds": round(time.perf_counter() - started, 3),
+            "reuse": {"shards_kept": len(kept), "shards_written": len(to_write), "shards_removed": len(removed),
+                      "events_decoded": decoded, "events_copied": sum(len(s.event_keys) for s in to_write) - decoded}}

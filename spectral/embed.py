@@ -4,12 +4,17 @@ The spec freezes EfficientNet yet runs it on every training step; frozen means i
 run once per frame and cached. Output shards mirror the input shards one to one (same
 names, same `__key__`s) and carry everything training needs besides the sensor table:
 fp16 per-frame embeddings [num_frames, D] (pooling over time stays a model choice), the
-int16 waveform and the metadata. Frames from many events are packed into large batches.
+int16 waveform and the metadata.
+
+The shard is the unit of reuse and of batching. Frames are packed into large batches, but
+a batch never spans two shards, so an output shard is a function of its input shard alone
+(whatever the loader workers): manifest.json records each one's key (the input shard's
+sha256 from the decode report, the embed recipe and this stage's code), an unchanged
+shard is neither recomputed nor rewritten, and bf16 kernels see the batches of a clean run.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -25,11 +30,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from spectral.devices import resolve_device, resolve_precision
+from spectral.frames import load_frames
+from spectral.incremental import clean_run_requested, digest, module_code_digest
 from spectral.models.backbone import BackboneInfo, FrameEncoder, create_backbone
-from spectral.shards import AtomicTarWriter, remove_shards, shard_paths
+from spectral.shards import AtomicTarWriter, remove_stale_shards
 from spectral.splits import SPLITS
 
 log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -71,8 +79,8 @@ def encode_frames(encoder: FrameEncoder, frames: torch.Tensor, device: torch.dev
 
 
 def _frames_as_tensor(sample: dict) -> dict:
-    """Decode only the frames; audio and metadata pass through as the original bytes."""
-    return {**sample, "frames": torch.from_numpy(np.load(io.BytesIO(sample["frames.npy"])))}
+    """Decode only the frames (JPEG or npy); audio and metadata pass through as the original bytes."""
+    return {**sample, "frames": torch.from_numpy(load_frames(sample))}
 
 
 def _loader(shards: list[Path], num_workers: int, pin_memory: bool) -> DataLoader:
@@ -81,61 +89,106 @@ def _loader(shards: list[Path], num_workers: int, pin_memory: bool) -> DataLoade
     return DataLoader(dataset, batch_size=None, num_workers=min(num_workers, len(shards)), pin_memory=pin_memory)
 
 
-def embed_stream(samples: Iterator[dict], encode: Callable[[torch.Tensor], torch.Tensor],
-                 batch_frames: int) -> Iterator[tuple[dict, torch.Tensor]]:
-    """(sample, its [n, D] embeddings) in input order.
+class _ShardBatcher:
+    """Cuts one shard's frames into batches of exactly `batch_frames` across its event boundaries."""
 
-    Frames are cut into batches of exactly `batch_frames` across event boundaries (only the
-    last batch is smaller), so the backbone runs at one large, static shape (what GPUs and
-    torch.compile want) whatever the frames per event.
+    def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], batch_frames: int) -> None:
+        self.encode, self.batch_frames = encode, batch_frames
+        self.pending: deque[dict] = deque()
+        self.waiting: list[torch.Tensor] = []
+        self.encoded: list[torch.Tensor] = []
+        self.n_waiting = self.n_encoded = self.seen = 0
+
+    def _finished(self) -> Iterator[tuple[dict, torch.Tensor]]:
+        while self.pending and self.n_encoded >= len(self.pending[0]["frames"]):
+            n = len(self.pending[0]["frames"])
+            rows = torch.cat(self.encoded)
+            self.encoded, self.n_encoded = [rows[n:]], self.n_encoded - n
+            yield self.pending.popleft(), rows[:n]
+
+    def _encode(self, count: int) -> None:
+        block = torch.cat(self.waiting)
+        self.waiting, self.n_waiting = [block[count:]], self.n_waiting - count
+        self.encoded.append(self.encode(block[:count]))
+        self.n_encoded += count
+
+    def add(self, sample: dict) -> Iterator[tuple[dict, torch.Tensor]]:
+        self.seen += 1
+        self.pending.append(sample)
+        self.waiting.append(sample["frames"])
+        self.n_waiting += len(sample["frames"])
+        while self.n_waiting >= self.batch_frames:
+            self._encode(self.batch_frames)
+            yield from self._finished()
+
+    def flush(self) -> Iterator[tuple[dict, torch.Tensor]]:
+        if self.n_waiting:
+            self._encode(self.n_waiting)
+        yield from self._finished()
+
+
+def embed_stream(samples: Iterator[dict], encode: Callable[[torch.Tensor], torch.Tensor], batch_frames: int,
+                 shard_events: dict[str, int] | None = None) -> Iterator[tuple[dict, torch.Tensor]]:
+    """(sample, its [n, D] embeddings), in input order within each shard (`__url__`).
+
+    Frames are cut into batches of exactly `batch_frames` across event boundaries, so the
+    backbone runs at one large, static shape (what GPUs and torch.compile want) whatever the
+    frames per event; only a shard's last batch is smaller. Each shard is batched on its own,
+    so loader workers interleaving shards never change a batch; a shard's last batch is run
+    when its `shard_events[url]`-th sample arrives (or when the stream ends).
     """
-    pending: deque[dict] = deque()
-    waiting: list[torch.Tensor] = []
-    encoded: list[torch.Tensor] = []
-    n_waiting = n_encoded = 0
-
-    def finished() -> Iterator[tuple[dict, torch.Tensor]]:
-        nonlocal encoded, n_encoded
-        while pending and n_encoded >= len(pending[0]["frames"]):
-            n = len(pending[0]["frames"])
-            rows = torch.cat(encoded)
-            encoded, n_encoded = [rows[n:]], n_encoded - n
-            yield pending.popleft(), rows[:n]
-
+    batchers: dict[str | None, _ShardBatcher] = {}
     for sample in samples:
-        pending.append(sample)
-        waiting.append(sample["frames"])
-        n_waiting += len(sample["frames"])
-        while n_waiting >= batch_frames:
-            block = torch.cat(waiting)
-            waiting, n_waiting = [block[batch_frames:]], n_waiting - batch_frames
-            encoded.append(encode(block[:batch_frames]))
-            n_encoded += batch_frames
-            yield from finished()
-    if n_waiting:
-        encoded.append(encode(torch.cat(waiting)))
-        n_encoded += n_waiting
-    yield from finished()
+        url = sample.get("__url__")
+        batcher = batchers.setdefault(url, _ShardBatcher(encode, batch_frames))
+        yield from batcher.add(sample)
+        if shard_events is not None and batcher.seen == shard_events.get(url):
+            yield from batchers.pop(url).flush()
+    for batcher in batchers.values():
+        yield from batcher.flush()
 
 
 def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig) -> dict:
-    """Embed every decoded shard; writes mirrored shards + manifest.json, returns manifest plus throughput."""
+    """Embed the decoded shards whose embeddings are not already in out_dir; writes mirrored shards +
+    manifest.json (also the reuse index), returns the manifest plus throughput and reuse counts."""
     decoded_dir, out_dir = Path(decoded_dir), Path(out_dir)
     report_path = decoded_dir / "report.json"
     if not report_path.is_file():
         raise FileNotFoundError(f"{report_path} not found: {decoded_dir} is not the output of the decode stage")
-    decode_config = json.loads(report_path.read_text(encoding="utf-8"))["config"]
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    if not report.get("complete") or "index" not in report:
+        raise ValueError(f"{report_path} is from an interrupted or older decode run: rerun the decode stage")
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_shards(out_dir)
     encoder, info, device = build_encoder(cfg)
-    counts = dict.fromkeys(SPLITS, 0)
+    recipe = {
+        "backbone": info.to_dict(),
+        # how frames were sampled, resized and stored: inference on raw events must do the same
+        "video": {key: report["config"][key]
+                  for key in ("num_frames", "size", "interpolation", "backend", "frame_format", "jpeg_quality")},
+        # what the embedding bytes depend on besides the frames and weights: they are shared by
+        # pulling from a DVC remote, not recomputed, on machines where these differ
+        "precision": str(encoder.precision).removeprefix("torch."),
+        "device_type": device.type,
+        "kernels": _kernel_description(device),
+        "channels_last": cfg.channels_last,
+        "batch_frames": cfg.batch_frames,
+        "compile": cfg.compile,
+        "embedding_dtype": "float16",
+    }
+    salt = digest("embed", module_code_digest(__file__), recipe)
+    inputs = [(split, entry) for split in SPLITS for entry in report["index"][split] if entry["sha256"]]
+    keys = {entry["file"]: digest(salt, entry["sha256"]) for _, entry in inputs}
+    event_counts = {entry["file"]: len(entry["accepted"]) for _, entry in inputs}
+    previous = _previous_index(out_dir)
+    kept = {file for file, key in keys.items() if previous.get(file, {}).get("key") == key}
+    _write_manifest(out_dir, {"index": {file: previous[file] for file in sorted(kept)}}, complete=False)
+    to_embed = [entry for _, entry in inputs if entry["file"] not in kept]
+    shard_events = {str(decoded_dir / entry["file"]): event_counts[entry["file"]] for entry in to_embed}
+    index = {file: previous[file] for file in kept}
     frames_done, seconds = 0, 0.0
     started = time.perf_counter()
-    shards = [p for split in SPLITS for p in shard_paths(decoded_dir, split)]
-    # One output shard per input shard, same name: webdataset gives each loader worker whole
-    # shards, so every output shard receives its samples in input order whatever num_workers is.
     writers: dict[str, AtomicTarWriter] = {}
-    progress = tqdm(desc="embed", unit="frame")
+    progress = tqdm(total=sum(shard_events.values()) * report["config"]["num_frames"], desc="embed", unit="frame")
     try:
         def timed_encode(frames: torch.Tensor) -> torch.Tensor:
             nonlocal seconds, frames_done
@@ -146,48 +199,64 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig) -> dict:
             progress.update(len(frames))
             return embeddings
 
-        samples = iter(_loader(shards, cfg.num_workers, device.type == "cuda"))
-        for sample, embeddings in embed_stream(samples, timed_encode, cfg.batch_frames):
+        samples = iter(_loader(list(map(Path, shard_events)), cfg.num_workers, device.type == "cuda")
+                       if shard_events else ())
+        for sample, embeddings in embed_stream(samples, timed_encode, cfg.batch_frames, dict(shard_events)):
             url = sample["__url__"]
             if url not in writers:
                 writers[url] = AtomicTarWriter(out_dir / Path(url).name)
-            writers[url].write({
+            writer = writers[url]
+            writer.write({
                 "__key__": sample["__key__"],
                 "emb.npy": embeddings.numpy().astype(np.float16),
                 "audio.npy": sample["audio.npy"],
                 "json": sample["json"],
             })
-            counts[json.loads(sample["json"])["split"]] += 1
+            shard_events[url] -= 1
+            if shard_events[url] == 0:  # the shard is complete: publish it and record it in the index
+                file = writer.close().name
+                index[file] = {"key": keys[file], "events": event_counts[file]}
+                del writers[url]
     except BaseException:
         for writer in writers.values():
             writer.abort()
         raise
-    for writer in writers.values():
-        writer.close()
-    progress.close()
+    finally:
+        progress.close()
+    if writers or any(shard_events.values()):
+        raise RuntimeError(f"decoded shards ended early (missing samples): {sorted(writers)}; rerun decode")
+    removed = remove_stale_shards(out_dir, keep=set(keys))
     elapsed = time.perf_counter() - started
-    manifest = {
-        "stage": "embed",
-        "backbone": info.to_dict(),
-        # how frames were sampled and resized: inference on raw events must do the same
-        "video": {key: decode_config[key] for key in ("num_frames", "size", "interpolation", "backend")},
-        # what the embedding bytes depend on besides the frames and weights: they are shared by
-        # pulling from a DVC remote, not recomputed, on machines where these differ
-        "precision": str(encoder.precision).removeprefix("torch."),
-        "device_type": device.type,
-        "kernels": _kernel_description(device),
-        "channels_last": cfg.channels_last,
-        "per_split": counts,
-        "embedding_dtype": "float16",
-    }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    per_split = {split: sum(event_counts[e["file"]] for s, e in inputs if s == split) for split in SPLITS}
+    manifest = {"stage": "embed", **recipe, "per_split": per_split, "index": {file: index[file] for file in keys}}
+    _write_manifest(out_dir, manifest, complete=True)
     throughput = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "frames": frames_done,
         "stage_seconds": round(elapsed, 3),
-        "stage_frames_per_s": round(frames_done / elapsed, 2) if elapsed else None,
+        "stage_frames_per_s": round(frames_done / elapsed, 2) if elapsed and frames_done else None,
         "model_frames_per_s": round(frames_done / seconds, 2) if seconds else None,
+        "reuse": {"shards_kept": len(kept), "shards_written": len(to_embed), "shards_removed": len(removed)},
         "config": asdict(cfg),
     }
     log.info("embedded %d frames: %s", frames_done, throughput)
     return {**manifest, "throughput": throughput}
+
+
+def _previous_index(out_dir: Path) -> dict[str, dict]:
+    """The last run's index (file → {key, events}), keeping only files still there."""
+    path = out_dir / MANIFEST
+    if clean_run_requested() or not path.is_file():
+        return {}
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))["index"]
+    except (ValueError, KeyError):
+        return {}
+    return {file: entry for file, entry in index.items() if (out_dir / file).is_file()}
+
+
+def _write_manifest(out_dir: Path, manifest: dict, complete: bool) -> None:
+    """manifest.json, replaced atomically; see spectral.decode._write_index for why a partial one comes first."""
+    tmp = out_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({**manifest, "complete": complete}, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out_dir / MANIFEST)

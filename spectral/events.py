@@ -147,12 +147,13 @@ def read_metadata(folder: Path) -> dict:
     return metadata
 
 
-def load_event(folder: Path, *, labelled: bool = True) -> Event:
+def load_event(folder: Path, *, labelled: bool = True, files: tuple[str, ...] = REQUIRED_FILES[1:]) -> Event:
     """Validate an event folder; raise an EventError subclass naming the first problem found.
 
-    `labelled=False` (prediction) ignores metadata.json entirely: it holds only the label, and
-    an absent, unknown or malformed label says nothing about whether the recording can be
-    classified.
+    `labelled=False` (prediction, decode) ignores metadata.json entirely: it holds only the
+    label, and an absent, unknown or malformed label says nothing about whether the recording
+    can be decoded or classified. `files` are the recordings the caller reads: a stage checks
+    only what its result depends on, or a file it never reads would change its outcome.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -163,7 +164,7 @@ def load_event(folder: Path, *, labelled: bool = True) -> Event:
     if not folder.name.startswith(EVENT_PREFIX):
         raise EventError(folder.name, None, f"folder name must start with {EVENT_PREFIX!r}")
     metadata = read_metadata(folder) if labelled else {}
-    for file in REQUIRED_FILES[1:]:
+    for file in files:
         path = folder / file
         if not path.is_file():
             raise MissingFileError(folder.name, file, "file is missing")

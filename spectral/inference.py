@@ -1,7 +1,7 @@
 """`spectral predict`: raw event folders → class + confidence, with the decode stage's own code.
 
-Frames are sampled and resized exactly as the exported model's config says (the same
-function the decode stage runs), sensors go through the same feature schema, and the
+Frames are sampled, resized and stored (JPEG round trip) exactly as the exported model's
+config says (the same functions the decode stage runs), sensors go through the same feature schema, and the
 whole model (frozen backbone included, built as the embed stage built it) runs on batches
 of events; every feature is per event, so the batch never changes a result. Labels are
 ignored. What had to be repaired or imputed comes back as `warnings`. A bad event yields
@@ -19,6 +19,7 @@ import torch
 from spectral.decode import decode_event
 from spectral.events import SENSORS_FILE, EventError, display_name
 from spectral.features.sensors import missing_features, sensor_features
+from spectral.frames import stored_frames
 from spectral.io.audio import from_pcm16
 from spectral.models.artifact import load_model
 from spectral.models.fusion import SpectralFusionModel
@@ -37,8 +38,7 @@ class Predictor:
     def _prepare(self, folder: Path) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], list[str]]:
         """(frames, waveform, sensor features), and the warnings of what was repaired or imputed."""
         video = self.config["video"]
-        sample = decode_event(folder, video["num_frames"], video["size"], video["backend"], video["interpolation"],
-                              labelled=False)
+        sample = decode_event(folder, video["num_frames"], video["size"], video["backend"], video["interpolation"])
         try:
             sensors = sensor_features(folder / SENSORS_FILE)
         except Exception as err:
@@ -46,7 +46,9 @@ class Predictor:
         warnings = list(sample["json"]["warnings"])
         if imputed := missing_features(sensors):
             warnings.append(f"sensors: imputed {', '.join(imputed)}")
-        return (sample["frames.npy"], from_pcm16(sample["audio.npy"]), sensors.astype(np.float32)), warnings
+        # the shard round trip training saw (JPEG by default); models from before the frame cache stored raw frames
+        frames = stored_frames(sample["frames.npy"], video.get("frame_format", "npy"), video.get("jpeg_quality", 95))
+        return (frames, from_pcm16(sample["audio.npy"]), sensors.astype(np.float32)), warnings
 
     @torch.inference_mode()
     def _run(self, pending: list[tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray], list[str]]]) -> Iterator[dict]:

@@ -3,11 +3,14 @@
 Byte-identical shards are what let DVC's cache hit across machines: members carry a fixed
 mtime, owner and mode, samples arrive in sorted key order, and webdataset's own TarWriter
 does the tar work. A shard is written under a temporary name and renamed when complete,
-so an interrupted stage never leaves a tar that looks finished.
+so an interrupted stage never leaves a tar that looks finished, and a stage deletes only
+files whose names it writes.
 """
 
 from __future__ import annotations
 
+import re
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,49 +44,30 @@ class AtomicTarWriter:
         self._tmp.unlink(missing_ok=True)
 
 
-class ShardWriter:
-    """Writes `{prefix}-{n:06d}.tar`, starting a new shard at maxcount samples or maxsize bytes."""
-
-    def __init__(self, out_dir: Path, prefix: str, maxcount: int, maxsize: int) -> None:
-        self.out_dir, self.prefix = Path(out_dir), prefix
-        self.maxcount, self.maxsize = maxcount, maxsize
-        self.shards: list[Path] = []
-        self._current: AtomicTarWriter | None = None
-        self._count = self._size = 0
-
-    def write(self, sample: dict) -> None:
-        if self._current is None or self._count >= self.maxcount or self._size >= self.maxsize:
-            if self._current is not None:
-                self._current.close()
-            self._current = AtomicTarWriter(self.out_dir / f"{self.prefix}-{len(self.shards):06d}.tar")
-            self.shards.append(self._current.path)
-            self._count = self._size = 0
-        self._size += self._current.write(sample)
-        self._count += 1
-
-    def close(self) -> list[Path]:
-        if self._current is not None:
-            self._current.close()
-            self._current = None
-        return self.shards
-
-    def abort(self) -> None:
-        """Drop the shard in progress; completed shards stay (they are whole)."""
-        if self._current is not None:
-            self._current.abort()
-            self.shards.pop()
-            self._current = None
-
-
-def remove_shards(directory: Path) -> None:
-    """Delete the shards (complete or half-written) a previous run left, so none outlives its inputs."""
-    for stale in [*Path(directory).glob("*.tar"), *Path(directory).glob("*.tar.tmp")]:
-        stale.unlink()
+_SHARD_NAME = re.compile(r"(?P<split>[a-z]+)-[0-9a-f]{16}\.tar")
+# what this project's stages write or wrote: current shards, their temporary files, and the
+# `{split}-{n:06d}.tar` shards of the count-cut layout before content-defined boundaries
+_OWNED = re.compile(r"[a-z]+-(?:[0-9a-f]{16}|[0-9]{6})\.tar(?:\.tmp)?")
 
 
 def shard_paths(directory: Path, prefix: str) -> list[Path]:
-    """Completed shards of one split, in order."""
-    return sorted(Path(directory).glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"))
+    """Completed shards of one split, sorted by file name (names are content-defined, see spectral.incremental)."""
+    return sorted(p for p in Path(directory).glob(f"{prefix}-*.tar")
+                  if (match := _SHARD_NAME.fullmatch(p.name)) and match["split"] == prefix)
+
+
+def remove_stale_shards(directory: Path, keep: set[str]) -> list[str]:
+    """Delete shard files this project's stages wrote (or left half-written) that are not in `keep`.
+
+    Only names of the stages' own patterns are touched: a user's `notes.tar` in the output
+    folder survives. Returns the names removed.
+    """
+    removed = []
+    for path in sorted(Path(directory).iterdir()) if Path(directory).is_dir() else []:
+        if path.is_file() and _OWNED.fullmatch(path.name) and path.name not in keep:
+            path.unlink()
+            removed.append(path.name)
+    return removed
 
 
 def read_samples(shards: list[Path], *, split_by_node: bool = False) -> Iterator[dict]:
@@ -99,3 +83,21 @@ def read_samples(shards: list[Path], *, split_by_node: bool = False) -> Iterator
     dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=nodesplitter,
                              workersplitter=wds.split_by_worker, empty_check=False).decode()
     return iter(dataset)
+
+
+def raw_samples(shard: Path) -> Iterator[dict]:
+    """Samples of one shard as written, member bytes untouched (`__key__` plus extension → bytes).
+
+    For copying unchanged samples into a rewritten shard without decoding and re-encoding them.
+    """
+    with tarfile.open(shard) as tar:
+        sample: dict = {}
+        for member in tar:
+            key, _, extension = member.name.partition(".")
+            if sample and key != sample["__key__"]:
+                yield sample
+                sample = {}
+            sample["__key__"] = key
+            sample[extension] = tar.extractfile(member).read()
+        if sample:
+            yield sample

@@ -16,7 +16,8 @@ def assign_split(event_id: str, fractions: dict[str, float]) -> str:
     total = sum(fractions.get(name, 0.0) for name in SPLITS)
     if abs(total - 1.0) > 1e-6 or any(fractions.get(name, 0.0) < 0 for name in SPLITS):
         raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
-    digest = hashlib.sha256(event_id.encode("utf-8")).digest()
+    # surrogateescape: a folder name that is not UTF-8 still gets a split (its event is rejected later)
+    digest = hashlib.sha256(event_id.encode("utf-8", "surrogateescape")).digest()
     position = int.from_bytes(digest[:8], "big") / 2**64
     cumulative = 0.0
     for name in SPLITS:

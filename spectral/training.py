@@ -135,6 +135,8 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
     out_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
     manifest = json.loads((Path(embed_dir) / "manifest.json").read_text(encoding="utf-8"))
+    if not manifest.get("complete"):
+        raise ValueError(f"{embed_dir}/manifest.json is from an interrupted embed run: rerun the embed stage")
     info = BackboneInfo(**{**manifest["backbone"], "mean": tuple(manifest["backbone"]["mean"]),
                            "std": tuple(manifest["backbone"]["std"])})
     data = CachedShardDataModule(embed_dir, sensors_path, cfg.batch_size, cfg.num_workers, cfg.shuffle_buffer, cfg.seed)

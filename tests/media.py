@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 from pathlib import Path
 
@@ -84,3 +85,18 @@ def write_rotated_video(path: Path, degrees: int, n_frames: int = 5, upright: np
         for packet in stream.encode():
             container.mux(packet)
     return Path(path)
+
+
+SENSORS = "timestamp,magnetic_magnitude\n1,45\n2,46\n"
+
+
+def make_event(root, name, label="Ruído_Ambiente", n_frames=12, rate=48_000):
+    """A complete event folder of real media; `label=None` writes metadata without a classification."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    metadata = {} if label is None else {"classification": label}
+    (folder / "metadata.json").write_text(json.dumps(metadata), encoding="utf-8")
+    write_index_video(folder / "video.mp4", n_frames)
+    write_tone(folder / "audio.wav", seconds=1.0, rate=rate, channels=2)
+    (folder / "sensors.csv").write_text(SENSORS, encoding="utf-8")
+    return folder

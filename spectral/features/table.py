@@ -1,7 +1,9 @@
 """The sensors stage: every event's sensors.csv → one Parquet row of the declared feature schema.
 
 A separate stage from decode because it is cheap and changes for different reasons (a new
-feature must not re-decode video). Rows are sorted by event name and written in batches,
+feature must not re-decode video). It is incremental like decode (spectral.incremental): an
+event whose sensors.csv and the stage's code are unchanged keeps its features from the last
+table; its label and split are read again. Rows are sorted by event name and written in batches,
 so memory does not grow with the number of events and reruns give byte-identical files.
 """
 
@@ -27,6 +29,7 @@ from spectral.events import (
     load_event,
 )
 from spectral.features.sensors import SENSOR_FEATURES, missing_features, sensor_features
+from spectral.incremental import clean_run_requested, digest, file_sha256, module_code_digest
 from spectral.splits import assign_split
 
 SCHEMA = pa.schema(
@@ -37,18 +40,33 @@ SCHEMA = pa.schema(
 BATCH_ROWS = 1024
 
 
-def _row(folder: Path, splits: dict[str, float]) -> dict:
-    event = load_event(folder)
+def _features(folder: Path, name: str) -> dict:
     try:
-        features = sensor_features(event.sensors)
+        features = sensor_features(folder / SENSORS_FILE)
     except Exception as err:
-        raise EventError(event.name, SENSORS_FILE, f"cannot read sensors: {err}") from None
-    row = {"event": event.name, "split": assign_split(event.name, splits), "label": event.label,
-           "label_name": CLASS_NAMES[event.label]}
-    row.update({name: (None if np.isnan(v) else float(v)) for name, v in zip(SENSOR_FEATURES, features, strict=True)})
+        raise EventError(name, SENSORS_FILE, f"cannot read sensors: {err}") from None
+    row = {feature: (None if np.isnan(v) else float(v)) for feature, v in zip(SENSOR_FEATURES, features, strict=True)}
     row["missing_features"] = missing_features(features)
     return row
 
+
+def _previous_features(out_path: Path, report_path: Path) -> dict[str, tuple[str, dict]]:
+    """The last run's feature rows by event, with the key each was computed from.
+
+    Only trusted when the table on disk is the one the report describes (a run killed between
+    writing the two leaves them unmatched, and then everything is recomputed)."""
+    if clean_run_requested() or not out_path.is_file() or not report_path.is_file():
+        return {}
+    try:
+        index = json.loads(report_path.read_text(encoding="utf-8"))["index"]
+        if index["table_sha256"] != file_sha256(out_path):
+            return {}
+        rows = pq.read_table(out_path).to_pylist()
+    except (ValueError, KeyError, OSError):
+        return {}
+    features = [*SENSOR_FEATURES, "missing_features"]
+    return {row["event"]: (index["keys"][row["event"]], {k: row[k] for k in features})
+            for row in rows if row["event"] in index["keys"]}
 
 
 def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], strict: bool = False,
@@ -58,6 +76,11 @@ def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], stri
     Fails after writing both when more than `max_rejected_fraction` of the events are rejected."""
     folders = find_event_folders(events_dir)
     out_path = Path(out_path)
+    report_path = out_path.with_name(out_path.stem + "_report.json")
+    salt = digest("sensors", module_code_digest(__file__))
+    previous = _previous_features(out_path, report_path)
+    keys: dict[str, str] = {}
+    reused = 0
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
     accepted, rejected, batch = [], [], []
@@ -65,7 +88,12 @@ def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], stri
     with pq.ParquetWriter(tmp, SCHEMA, compression="zstd", write_statistics=True) as writer:
         for folder in tqdm(folders, desc="sensors", unit="event"):
             try:
-                row = _row(folder, splits)
+                event = load_event(folder)
+                key = digest(salt, file_sha256(folder / SENSORS_FILE))
+                if previous.get(event.name, ("",))[0] == key:
+                    features, reused = previous[event.name][1], reused + 1
+                else:
+                    features = _features(folder, event.name)
             except Exception as err:  # one bad file never stops the run
                 name = display_name(folder.name)
                 reason = str(err) if isinstance(err, EventError) else f"{name}: {type(err).__name__}: {err}"
@@ -74,6 +102,10 @@ def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], stri
                     tmp.unlink(missing_ok=True)
                     raise StrictModeError(f"strict mode: {reason}") from None
                 continue
+            # label and split are read fresh every run: relabelling costs a metadata read, not a feature pass
+            row = {"event": event.name, "split": assign_split(event.name, splits), "label": event.label,
+                   "label_name": CLASS_NAMES[event.label], **features}
+            keys[event.name] = key
             for name in SENSOR_FEATURES:
                 missing_counts[name] += row[name] is None
             accepted.append(folder.name)
@@ -96,8 +128,9 @@ def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], stri
                           "adds a missing-indicator input",
         "accepted": accepted,
         "rejected": rejected,
+        # the reuse index: which sensors.csv content (and code) each row's features came from
+        "index": {"table_sha256": file_sha256(out_path), "keys": keys},
     }
-    report_path = out_path.with_name(out_path.stem + "_report.json")
     report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     check_rejections("sensors", len(rejected), len(folders), max_rejected_fraction, report_path)
-    return report
+    return {**report, "reused": reused}
