@@ -71,7 +71,7 @@ class DecodeConfig:
     backend: str = "pyav"
     interpolation: str = "bicubic"
     splits: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
-    frame_format: str = "jpeg"
+    frame_format: str = "h264"
     jpeg_quality: int = 95
     shard_events: int = 64
     max_shard_events: int = 256

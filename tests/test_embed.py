@@ -8,6 +8,7 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from spectral.embed import EmbedConfig, build_encoder, embed_stream, encode_frames, run_embed
+from spectral.frames import load_frames
 from spectral.models.backbone import _load_packaged, create_backbone, packaged_weights_path, rebuild_frame_encoder
 from spectral.models.fusion import VideoBranch
 from spectral.shards import read_samples, shard_paths
@@ -39,7 +40,7 @@ def test_fp32_embed_stage_equals_the_plain_backbone_on_raw_frames(decoded, tmp_p
     run_embed(decoded, tmp_path, EmbedConfig(precision="fp32", batch_frames=7))
     backbone, info = create_backbone("tf_efficientnet_lite0", "packaged")
     plain = VideoBranch(1280, rebuild_frame_encoder(info, backbone.state_dict(), torch.float32, channels_last=False))
-    raw = {s["__key__"]: s["frames.npy"] for s in read_samples(shard_paths(decoded, "train"))}
+    raw = {s["__key__"]: load_frames(s) for s in read_samples(shard_paths(decoded, "train"))}
     cached = {s["__key__"]: s["emb.npy"] for s in read_samples(shard_paths(tmp_path, "train"))}
     assert raw.keys() == cached.keys() and len(raw) > 2
     for key in raw:
