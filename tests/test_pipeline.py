@@ -115,6 +115,7 @@ def test_editing_code_used_only_downstream_reruns_the_stages_that_run_it(repo):
     """from_pcm16 runs only when train and evaluate read waveforms back; decode imports its module too.
     The stages run the temp repo's edited code (PYTHONPATH), so "decode re-ran, same output" is real."""
     before = lock_hashes(repo)
+    shards_before = {p.name: p.read_bytes() for p in (repo / "data" / "decoded").glob("*.tar")}
     audio = repo / "spectral" / "io" / "audio.py"
     source = audio.read_text(encoding="utf-8")
     edited = source.replace("return pcm.astype(np.float32) / 32768.0", "return pcm.astype(np.float32) * (1 / 32768)")
@@ -123,7 +124,11 @@ def test_editing_code_used_only_downstream_reruns_the_stages_that_run_it(repo):
     ran = stages_run(dvc(repo, "repro"))
     assert {"train", "evaluate"} <= ran and not ran & {"synth", "sensors"}, ran
     after = lock_hashes(repo)
-    assert after["decode"]["data/decoded"] == before["decode"]["data/decoded"]  # re-ran, same output
+    # decode re-ran and redid every event (its code changed), giving the same shards; only its reuse index
+    # (report.json) records the new code, so embed re-ran too, found every input shard unchanged and kept its output
+    assert {p.name: p.read_bytes() for p in (repo / "data" / "decoded").glob("*.tar")} == shards_before
+    assert after["decode"]["data/decoded"] != before["decode"]["data/decoded"]
+    assert after["embed"]["data/embeddings"] == before["embed"]["data/embeddings"]
     provenance = torch.load(repo / "models" / "model.pt", weights_only=True)["config"]["provenance"]
     assert provenance["code"]["git_blobs"]["spectral/io/audio.py"] == git_blob_id(edited.encode())  # ran the edit
     commit(repo, "edit from_pcm16")
