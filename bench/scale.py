@@ -39,17 +39,16 @@ SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
 STAGE = """
 import json, sys
 from pathlib import Path
-from spectral.decode import DecodeConfig, run_decode
-from spectral.embed import EmbedConfig, run_embed
-from spectral.features.table import run_sensors
-if __name__ == "__main__":
+if __name__ == "__main__":  # imports per stage: each process pays only its own stage's startup, as under dvc repro
     stage, src, dst, options = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4])
     if stage == "decode":
-        result = run_decode(src, dst, DecodeConfig(splits={splits!r}, **options))
-        print(json.dumps(result["reuse"]))
+        from spectral.decode import DecodeConfig, run_decode
+        print(json.dumps(run_decode(src, dst, DecodeConfig(splits={splits!r}, **options))["reuse"]))
     elif stage == "sensors":
+        from spectral.features.table import run_sensors
         print(json.dumps({{"reused": run_sensors(src, dst, {splits!r})["reused"]}}))
     else:
+        from spectral.embed import EmbedConfig, run_embed
         print(json.dumps(run_embed(src, dst, EmbedConfig(**options))["throughput"]["reuse"]))
 """
 
@@ -120,6 +119,8 @@ def dir_bytes(path: Path) -> int:
 
 
 def shell(*cmd: str, cwd: Path) -> None:
+    if cmd[0] == "dvc":  # the environment's own dvc, also when its bin/ is not on PATH
+        cmd = (str(Path(sys.executable).parent / "dvc"), *cmd[1:])
     subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
 
 

@@ -188,7 +188,8 @@ class _Shard:
 
     def entry(self) -> dict:
         return {"file": self.file, "key": self.key, "sha256": self.sha256,
-                "events": {display_name(name): key for name, key in self.event_keys.items()}, "accepted": self.accepted, "rejected": self.rejected,
+                "events": {display_name(name): key for name, key in self.event_keys.items()},
+                "accepted": self.accepted, "rejected": self.rejected,
                 "warnings": self.warnings}
 
     @classmethod
