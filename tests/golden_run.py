@@ -47,7 +47,18 @@ def run(root: Path) -> dict[str, str]:
     run_decode(Path("events"), Path("decoded"), DECODE)
     run_sensors(Path("events"), Path("sensors.parquet"), DECODE.splits)
     files = [p for p in sorted(root.rglob("*")) if p.is_file()]
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    return {p.relative_to(root).as_posix(): hashlib.sha256(_portable_bytes(p)).hexdigest() for p in files}
+
+
+def _portable_bytes(path: Path) -> bytes:
+    """The file's bytes; for the stage reports, without their reuse `index`. The index holds sha256 keys
+    of (stage code, config, input digests) — no float or CPU-dependent path — and the shards it lists are
+    digested here anyway; left in, any edit to a stage's code (a comment) would move the golden digests."""
+    if not path.name.endswith("report.json"):
+        return path.read_bytes()
+    report = json.loads(path.read_text(encoding="utf-8"))
+    report.pop("index")
+    return json.dumps(report, ensure_ascii=False, sort_keys=True).encode("utf-8")
 
 
 def main() -> int:
