@@ -1,5 +1,5 @@
-"""bench/scale.py at smoke size: every measurement path runs (stages in their own processes, RSS
-sampling, training, the incremental re-run and a real `dvc push` to a local remote)."""
+"""bench/scale.py at smoke size: the measurement paths run (stages in their own processes, RSS sampling,
+the incremental re-runs and a real `dvc push` to a local remote; training time is left to the real run)."""
 
 import json
 import subprocess
@@ -12,12 +12,13 @@ REPO = Path(__file__).resolve().parents[1]
 def test_scale_benchmark_runs_end_to_end_at_smoke_size(tmp_path):
     output = tmp_path / "scale.json"
     subprocess.run([sys.executable, str(REPO / "bench" / "scale.py"), "--sizes", "20", "--frames", "2",
-                    "--embed-max", "20", "--incremental-n", "20", "--synth", "64x48x1", "--workers", "1",
-                    "--workdir", str(tmp_path / "work"), "--output", str(output)], check=True, cwd=REPO)
+                    "--embed-max", "20", "--train-max", "0", "--incremental-n", "20", "--synth", "64x48x1",
+                    "--workers", "1", "--workdir", str(tmp_path / "work"), "--output", str(output)], check=True,
+                   cwd=REPO)
     result = json.loads(output.read_text())
     (row,) = result["rows"]
     assert row["events"] == 20 and row["decode"]["events_decoded"] == 20 and row["decode"]["peak_rss_mib"] > 50
-    assert row["baselines"]["npy_shard_bytes_per_event"] > 0 and "train_seconds_per_epoch" in row
+    assert row["baselines"]["npy_shard_bytes_per_event"] > 0 and row["embed"]["shards_written"] == 3
     stamped = result["incremental"]["time_stamped"]
     assert stamped["decode"]["events_decoded"] == 1 and stamped["embed"]["shards_written"] <= 3
     assert 0 < stamped["dvc_push_bytes"] < result["incremental"]["full_push_bytes"]

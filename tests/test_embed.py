@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from skimage import data as skimage_data
 
+from spectral.decode import DecodeConfig, run_decode
 from spectral.embed import EmbedConfig, build_encoder, embed_stream, encode_frames, run_embed
 from spectral.frames import load_frames
 from spectral.models.backbone import _load_packaged, create_backbone, packaged_weights_path, rebuild_frame_encoder
@@ -100,3 +101,15 @@ def test_frames_are_batched_at_a_fixed_size_across_event_boundaries():
     assert [s["__key__"] for s, _ in results] == [f"e{i}" for i in range(5)]
     for sample, embeddings in results:
         torch.testing.assert_close(embeddings[:, 0], sample["frames"].float() * 2)
+
+
+def test_lossless_frame_cache_gives_the_embeddings_of_raw_frames(tiny_events, decoded, embedded, tmp_path):
+    """The default h264 cache is lossless: embedding shards are byte-identical to those made from raw npy frames."""
+    from conftest import TINY_DECODE
+
+    run_decode(tiny_events, tmp_path / "npy", DecodeConfig(**{**TINY_DECODE.__dict__, "frame_format": "npy"}))
+    run_embed(tmp_path / "npy", tmp_path / "embedded", EmbedConfig(batch_frames=32))
+    for shard in embedded.glob("*.tar"):
+        assert (tmp_path / "embedded" / shard.name).read_bytes() == shard.read_bytes()
+    raw = sum(p.stat().st_size for p in (tmp_path / "npy").glob("*.tar"))
+    assert sum(p.stat().st_size for p in decoded.glob("*.tar")) < raw
