@@ -163,6 +163,11 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="spectral-scale-"))
     script = work / "stage.py"
     work.mkdir(parents=True, exist_ok=True)
+    if not any(n <= args.embed_max for n in args.sizes):
+        parser.error("no size is <= --embed-max: add one (embed is measured there and extrapolated above)")
+    for stale in work.iterdir():  # a reused --workdir keeps only the generated pool
+        if stale.name != "pool":
+            shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
     script.write_text(STAGE.format(splits=SPLITS))
     sizes = sorted(args.sizes)
     extra = max(1, round(args.incremental_n / 100))
@@ -237,12 +242,12 @@ def main() -> None:
         rng = random.Random(0)
         randomly = [f"event_{rng.randrange(n):05d}_{rng.getrandbits(24):06x}" for _ in range(extra)]  # among the old
         spare = names[max(sizes):]
-        for label, new_names in (("time_stamped", stamped), ("random_names", randomly)):
-            for name, source in zip(new_names, spare[: extra] if label == "time_stamped" else spare[extra:],
-                                    strict=True):
+        for label, new_names, sources in (("time_stamped", stamped, spare[:extra]),
+                                          ("random_names", randomly, spare[extra: 2 * extra])):
+            for name, source in zip(new_names, sources, strict=True):
                 (events / name).symlink_to(pool / source, target_is_directory=True)
             before = {p.name: p.stat().st_mtime_ns for p in (repo / "data" / "decoded").glob("*.tar")}
-            case = {"new_events": extra, "new_event_bytes": sum(dir_bytes(pool / s) for s in spare[:extra])}
+            case = {"new_events": extra, "new_event_bytes": sum(dir_bytes(pool / s) for s in sources)}
             case["decode"] = run_stage("decode", events, repo / "data" / "decoded", decode_opts, script)
             case["sensors"] = run_stage("sensors", events, repo / "data" / "sensors.parquet", {}, script)
             if embed:

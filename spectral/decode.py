@@ -81,8 +81,11 @@ class DecodeConfig:
 
     def sample_config(self) -> dict:
         """What a decoded sample's bytes depend on (with the media and the code): its reuse key."""
-        return {key: getattr(self, key) for key in ("num_frames", "size", "backend", "interpolation", "splits",
-                                                    "frame_format", "jpeg_quality")}
+        config = {key: getattr(self, key) for key in ("num_frames", "size", "backend", "interpolation", "splits",
+                                                      "frame_format", "jpeg_quality")}
+        if self.frame_format != "jpeg":  # the quality changes no byte of h264/npy shards
+            config["jpeg_quality"] = None
+        return config
 
     def data_config(self) -> dict:
         """What the stage's outputs depend on: workers and strictness must not change their hash."""
@@ -183,32 +186,38 @@ class _Shard:
     event_keys: dict[str, str]          # every planned member (accepted or not) → its event key
     accepted: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
+    retry: list[str] = field(default_factory=list)  # rejected by an unexpected error: tried again next run
     warnings: dict[str, list[str]] = field(default_factory=dict)
     sha256: str | None = None           # None: every member was rejected, so no file was written
 
     def entry(self) -> dict:
         return {"file": self.file, "key": self.key, "sha256": self.sha256,
                 "events": {display_name(name): key for name, key in self.event_keys.items()},
-                "accepted": self.accepted, "rejected": self.rejected,
+                "accepted": self.accepted, "rejected": self.rejected, "retry": self.retry,
                 "warnings": self.warnings}
 
     @classmethod
     def from_entry(cls, split: str, entry: dict) -> _Shard:
         return cls(split, entry["file"], entry["key"], entry["events"], entry["accepted"], entry["rejected"],
-                   entry["warnings"], entry["sha256"])
+                   entry["retry"], entry["warnings"], entry["sha256"])
 
 
-def _previous_shards(out_dir: Path) -> dict[str, _Shard]:
-    """The last run's index by file name, keeping only entries whose file is still there."""
+def _previous_shards(out_dir: Path) -> tuple[dict[str, _Shard], set[str]]:
+    """The last run's index by file name (entries whose file is still there), and the shard files a
+    report of the count-cut layout before content-defined shards lists (this stage wrote them)."""
     path = out_dir / REPORT
-    if clean_run_requested() or not path.is_file():
-        return {}
+    if not path.is_file():
+        return {}, set()
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
+        if "index" not in report:
+            return {}, {name for names in report.get("shards", {}).values() for name in names}
+        if clean_run_requested():
+            return {}, set()
         shards = [_Shard.from_entry(split, entry) for split, entries in report["index"].items() for entry in entries]
-    except (ValueError, KeyError, TypeError):  # an old layout or a damaged file: rebuild everything
-        return {}
-    return {s.file: s for s in shards if s.sha256 is None or (out_dir / s.file).is_file()}
+    except (ValueError, KeyError, TypeError, AttributeError):  # a damaged file: rebuild everything
+        return {}, set()
+    return {s.file: s for s in shards if s.sha256 is None or (out_dir / s.file).is_file()}, set()
 
 
 def _write_index(out_dir: Path, shards: list[_Shard], complete: bool, extra: dict | None = None) -> None:
@@ -228,8 +237,9 @@ class _OldSamples:
         self.out_dir = out_dir
         self.location = {previous[file].event_keys[name]: (file, name)
                          for file in previous for name in previous[file].accepted}
-        self.rejection = {shard.event_keys[name]: reason
-                          for shard in previous.values() for name, reason in shard.rejected.items()}
+        # an unexpected error (out of memory, a flaky disk) is not a property of the file: not reused
+        self.rejection = {shard.event_keys[name]: reason for shard in previous.values()
+                          for name, reason in shard.rejected.items() if name not in shard.retry}
         self.warnings = {shard.event_keys[name]: shard.warnings.get(name, [])
                          for shard in previous.values() for name in shard.accepted}
         self._open: dict[str, tuple[tarfile.TarFile, dict[str, list[tarfile.TarInfo]]]] = {}
@@ -279,12 +289,15 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = _plan(folders, cfg)
-    previous = _previous_shards(out_dir)
-    kept = {s.file for s in plan if s.file in previous and previous[s.file].key == s.key}
+    previous, legacy = _previous_shards(out_dir)
+    kept = {s.file for s in plan if s.file in previous and previous[s.file].key == s.key
+            and not previous[s.file].retry}
     shards = [previous[s.file] if s.file in kept else s for s in plan]
     _write_index(out_dir, [s for s in shards if s.file in kept], complete=False)
     old = _OldSamples(out_dir, previous)
     by_name = {folder.name: folder for folder in folders}
+    if cfg.strict and (reasons := [r for s in shards if s.file in kept for r in s.rejected.values()]):
+        raise StrictModeError(f"strict mode: {reasons[0]}")
     to_write = [s for s in shards if s.file not in kept]
     to_decode = [by_name[name] for s in to_write for name, key in s.event_keys.items()
                  if key not in old.location and key not in old.rejection]
@@ -312,6 +325,8 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig) -> dict:
                     if cfg.strict:
                         raise StrictModeError(f"strict mode: {reason}")
                     shard.rejected[display_name(name)] = reason
+                    if ": unexpected error " in reason:
+                        shard.retry.append(display_name(name))
                     continue
                 shard.accepted.append(name)
                 if warnings:
@@ -328,7 +343,7 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig) -> dict:
     finally:
         progress.close()
         old.close()
-    removed = remove_stale_shards(out_dir, keep={s.file for s in shards if s.sha256})
+    removed = remove_stale_shards(out_dir, keep={s.file for s in shards if s.sha256}, legacy=legacy)
     accepted = sorted(name for s in shards for name in s.accepted)
     rejected = sorted(({"event": name, "reason": reason} for s in shards for name, reason in s.rejected.items()),
                       key=lambda r: r["event"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -179,7 +180,7 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig) -> dict:
     inputs = [(split, entry) for split in SPLITS for entry in report["index"][split] if entry["sha256"]]
     keys = {entry["file"]: digest(salt, entry["sha256"]) for _, entry in inputs}
     event_counts = {entry["file"]: len(entry["accepted"]) for _, entry in inputs}
-    previous = _previous_index(out_dir)
+    previous, legacy = _previous_index(out_dir), _legacy_shards(out_dir)
     kept = {file for file, key in keys.items() if previous.get(file, {}).get("key") == key}
     _write_manifest(out_dir, {"index": {file: previous[file] for file in sorted(kept)}}, complete=False)
     to_embed = [entry for _, entry in inputs if entry["file"] not in kept]
@@ -224,8 +225,10 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig) -> dict:
     finally:
         progress.close()
     if writers or any(shard_events.values()):
+        for writer in writers.values():
+            writer.abort()
         raise RuntimeError(f"decoded shards ended early (missing samples): {sorted(writers)}; rerun decode")
-    removed = remove_stale_shards(out_dir, keep=set(keys))
+    removed = remove_stale_shards(out_dir, keep=set(keys), legacy=legacy)
     elapsed = time.perf_counter() - started
     per_split = {split: sum(event_counts[e["file"]] for s, e in inputs if s == split) for split in SPLITS}
     manifest = {"stage": "embed", **recipe, "per_split": per_split, "index": {file: index[file] for file in keys}}
@@ -250,9 +253,21 @@ def _previous_index(out_dir: Path) -> dict[str, dict]:
         return {}
     try:
         index = json.loads(path.read_text(encoding="utf-8"))["index"]
-    except (ValueError, KeyError):
+        return {file: entry for file, entry in index.items() if (out_dir / file).is_file() and "key" in entry}
+    except (ValueError, KeyError, TypeError, AttributeError):
         return {}
-    return {file: entry for file, entry in index.items() if (out_dir / file).is_file()}
+
+
+def _legacy_shards(out_dir: Path) -> set[str]:
+    """Shards of the count-cut layout (`train-000000.tar`) when this folder's manifest is that layout's:
+    the embed stage wrote them, and nothing reads them any more."""
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if manifest.get("stage") != "embed" or "index" in manifest:
+        return set()
+    return {p.name for p in out_dir.glob("*.tar") if re.fullmatch(r"(?:train|val|test)-[0-9]{6}\.tar", p.name)}
 
 
 def _write_manifest(out_dir: Path, manifest: dict, complete: bool) -> None:

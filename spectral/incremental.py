@@ -38,12 +38,15 @@ def digest(*parts: object) -> str:
 
 
 def file_sha256(path: Path) -> str | None:
-    """Content digest of a file, or None when it does not exist (that too is part of a key)."""
+    """Content digest of a file; None when it does not exist, `unreadable: …` when it cannot be read
+    (both are part of a key: the stage then rejects the event, and a repaired file changes the key)."""
     try:
         with open(path, "rb") as handle:
             return hashlib.file_digest(handle, "sha256").hexdigest()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
+    except OSError as err:
+        return f"unreadable: {err.strerror}"
 
 
 def module_code_digest(module_file: str | Path) -> str:

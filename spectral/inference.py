@@ -1,6 +1,6 @@
 """`spectral predict`: raw event folders → class + confidence, with the decode stage's own code.
 
-Frames are sampled, resized and stored (JPEG round trip) exactly as the exported model's
+Frames are sampled, resized and stored (the frame cache's encode → decode round trip) exactly as the exported model's
 config says (the same functions the decode stage runs), sensors go through the same feature schema, and the
 whole model (frozen backbone included, built as the embed stage built it) runs on batches
 of events; every feature is per event, so the batch never changes a result. Labels are
@@ -46,7 +46,7 @@ class Predictor:
         warnings = list(sample["json"]["warnings"])
         if imputed := missing_features(sensors):
             warnings.append(f"sensors: imputed {', '.join(imputed)}")
-        # the shard round trip training saw (JPEG by default); models from before the frame cache stored raw frames
+        # the shard round trip training saw (lossless h264 by default); models from before the cache saw raw frames
         frames = stored_frames(sample["frames.npy"], video.get("frame_format", "npy"), video.get("jpeg_quality", 95))
         return (frames, from_pcm16(sample["audio.npy"]), sensors.astype(np.float32)), warnings
 

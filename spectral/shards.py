@@ -44,10 +44,8 @@ class AtomicTarWriter:
         self._tmp.unlink(missing_ok=True)
 
 
-_SHARD_NAME = re.compile(r"(?P<split>[a-z]+)-[0-9a-f]{16}\.tar")
-# what this project's stages write or wrote: current shards, their temporary files, and the
-# `{split}-{n:06d}.tar` shards of the count-cut layout before content-defined boundaries
-_OWNED = re.compile(r"[a-z]+-(?:[0-9a-f]{16}|[0-9]{6})\.tar(?:\.tmp)?")
+_SHARD_NAME = re.compile(r"(?P<split>train|val|test)-[0-9a-f]{16}\.tar")
+_OWNED = re.compile(r"(?:train|val|test)-[0-9a-f]{16}\.tar(?:\.tmp)?")  # what the stages write, and its temp
 
 
 def shard_paths(directory: Path, prefix: str) -> list[Path]:
@@ -56,15 +54,18 @@ def shard_paths(directory: Path, prefix: str) -> list[Path]:
                   if (match := _SHARD_NAME.fullmatch(p.name)) and match["split"] == prefix)
 
 
-def remove_stale_shards(directory: Path, keep: set[str]) -> list[str]:
-    """Delete shard files this project's stages wrote (or left half-written) that are not in `keep`.
+def remove_stale_shards(directory: Path, keep: set[str], legacy: set[str] = frozenset()) -> list[str]:
+    """Delete shard files the stages wrote (or left half-written) that are not in `keep`.
 
-    Only names of the stages' own patterns are touched: a user's `notes.tar` in the output
-    folder survives. Returns the names removed.
+    Only the stages' own names (`{split}-{16 hex}.tar`, and `.tmp`) are touched, plus `legacy`:
+    the files an old-layout report listed. A run killed after publishing a shard has not recorded
+    it yet, so the name, not the index, decides; a user's `notes.tar` or `train-000000.tar` in the
+    output folder survives. Returns the names removed.
     """
     removed = []
     for path in sorted(Path(directory).iterdir()) if Path(directory).is_dir() else []:
-        if path.is_file() and _OWNED.fullmatch(path.name) and path.name not in keep:
+        owned = _OWNED.fullmatch(path.name) or path.name in legacy
+        if path.is_file() and owned and path.name not in keep:
             path.unlink()
             removed.append(path.name)
     return removed

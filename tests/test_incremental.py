@@ -17,6 +17,7 @@ from media import make_event, write_tone
 
 from spectral.decode import DecodeConfig, run_decode
 from spectral.embed import EmbedConfig, run_embed
+from spectral.events import StrictModeError
 from spectral.features.table import run_sensors
 from spectral.incremental import CLEAN_RUN_ENV, plan_shards
 
@@ -107,12 +108,16 @@ def test_a_config_change_recomputes_everything(archive, tmp_path):
     assert digests(out) == digests(tmp_path / "clean2")
 
 
-def test_clean_run_switch_and_old_layout_files_are_replaced(archive, tmp_path, monkeypatch):
+def test_clean_run_switch_and_only_the_stages_own_files_are_deleted(archive, tmp_path, monkeypatch):
     out = tmp_path / "decoded"
     out.mkdir()
     (out / "train-000000.tar").write_bytes(b"a shard of the count-cut layout")
+    (out / "report.json").write_text('{"stage": "decode", "shards": {"train": ["train-000000.tar"]}}')
+    for users in ("train-000001.tar", "images-000042.tar", "notes.tar"):  # look like shards; not the stage's
+        (out / users).write_bytes(b"someone else's")
     run_decode(archive, out, CFG)
     assert not (out / "train-000000.tar").exists()
+    assert all((out / users).exists() for users in ("train-000001.tar", "images-000042.tar", "notes.tar"))
     monkeypatch.setenv(CLEAN_RUN_ENV, "1")
     assert run_decode(archive, out, CFG)["reuse"]["events_decoded"] == 12
 
@@ -165,3 +170,13 @@ def test_a_run_killed_mid_stage_leaves_the_next_run_correct(archive, tmp_path):
     run_decode(archive, out, CFG)
     run_decode(archive, tmp_path / "clean", CFG)
     assert digests(out) == digests(tmp_path / "clean")
+
+
+def test_strict_mode_fails_on_a_rejection_kept_from_an_earlier_run(archive, tmp_path):
+    broken = archive / "event_2026-11-02" / "video.mp4"
+    broken.write_bytes(broken.read_bytes()[:200])
+    out = tmp_path / "decoded"
+    assert run_decode(archive, out, CFG)["rejected_count"] == 1
+    make_event(archive, "event_2026-11-30", n_frames=6)
+    with pytest.raises(StrictModeError, match="event_2026-11-02"):
+        run_decode(archive, out, DecodeConfig(**{**CFG.__dict__, "strict": True}))

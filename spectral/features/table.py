@@ -59,14 +59,14 @@ def _previous_features(out_path: Path, report_path: Path) -> dict[str, tuple[str
         return {}
     try:
         index = json.loads(report_path.read_text(encoding="utf-8"))["index"]
-        if index["table_sha256"] != file_sha256(out_path):
-            return {}
-        rows = pq.read_table(out_path).to_pylist()
-    except (ValueError, KeyError, OSError):
+        table = pq.read_table(out_path)
+        if index["table_sha256"] != file_sha256(out_path) or not table.schema.equals(SCHEMA):
+            return {}  # another table, or one with other feature columns (the code changed: keys differ anyway)
+        features = [*SENSOR_FEATURES, "missing_features"]
+        return {row["event"]: (index["keys"][row["event"]], {k: row[k] for k in features})
+                for row in table.to_pylist() if row["event"] in index["keys"]}
+    except (ValueError, KeyError, TypeError, OSError):
         return {}
-    features = [*SENSOR_FEATURES, "missing_features"]
-    return {row["event"]: (index["keys"][row["event"]], {k: row[k] for k in features})
-            for row in rows if row["event"] in index["keys"]}
 
 
 def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], strict: bool = False,
