@@ -194,6 +194,8 @@ def main() -> None:
             limit = ffmpeg_limit_seconds([pool / name / "video.mp4" for name in names[:n]])
             row["baselines"] = {"npy_shard_bytes_per_event": npy_bytes, "npy_decode": npy,
                                 "ffmpeg_single_thread_seconds": round(limit, 2),
+                                "bytes_vs_npy": round(row["shard_bytes_per_event"] / npy_bytes, 3),
+                                "decode_vs_ffmpeg": round(limit / row["decode"]["seconds"], 3),
                                 "decode_vs_ffmpeg_per_core": round(limit / (row["decode"]["seconds"] * args.workers),
                                                                    3)}
         if n <= args.embed_max:
