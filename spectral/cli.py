@@ -34,7 +34,7 @@ def _cmd_decode(args: argparse.Namespace) -> None:
 
     cfg = DecodeConfig(num_frames=args.frames, size=args.size, backend=args.backend, splits=args.splits,
                        frame_format=args.frame_format, jpeg_quality=args.jpeg_quality, shard_events=args.shard_events,
-                       max_shard_events=max(256, args.shard_events), workers=args.workers, strict=args.strict,
+                       max_shard_events=4 * args.shard_events, workers=args.workers, strict=args.strict,
                        max_rejected_fraction=args.max_rejected_fraction)
     report = run_decode(args.events_dir, args.out_dir, cfg)
     print(f"accepted {report['accepted_count']}, rejected {report['rejected_count']} "
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", type=_splits, default=_splits("0.7,0.15,0.15"))
     p.add_argument("--frame-format", choices=FORMATS, default="h264", help="how frames are stored (README)")
     p.add_argument("--jpeg-quality", type=int, default=95)
-    p.add_argument("--shard-events", type=int, default=64, help="mean events per content-defined shard")
+    p.add_argument("--shard-events", type=int, default=16, help="mean events per content-defined shard")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--strict", action="store_true", help="stop at the first rejected event")
     p.add_argument("--max-rejected-fraction", type=float, default=DEFAULT_MAX_REJECTED_FRACTION,

@@ -73,8 +73,8 @@ class DecodeConfig:
     splits: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
     frame_format: str = "h264"
     jpeg_quality: int = 95
-    shard_events: int = 64
-    max_shard_events: int = 256
+    shard_events: int = 16
+    max_shard_events: int = 64
     workers: int = 2
     strict: bool = False
     max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION
