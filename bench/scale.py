@@ -310,7 +310,7 @@ def plot(result: dict, path: Path) -> None:
     guess = [(r["events"], r["embed_extrapolated"]["seconds"]) for r in rows if "embed_extrapolated" in r]
     if guess:
         left.plot(*zip(*guess, strict=True), "x--", label="embed (extrapolated)")
-    left.set(xlabel="events", ylabel="seconds", title="stage wall time")
+    left.set(xlabel="events", ylabel="seconds (log)", title="stage wall time", yscale="log")
     left.legend()
     right.plot(n, [r["decode"]["peak_rss_mib"] for r in rows], "o-", label="decode")
     right.plot(n, [r["sensors"]["peak_rss_mib"] for r in rows], "o-", label="sensors")
