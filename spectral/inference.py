@@ -47,7 +47,9 @@ class Predictor:
         if imputed := missing_features(sensors):
             warnings.append(f"sensors: imputed {', '.join(imputed)}")
         # the shard round trip training saw (lossless h264 by default); models from before the cache saw raw frames
-        frames = stored_frames(sample["frames.npy"], video.get("frame_format", "npy"), video.get("jpeg_quality", 95))
+        frame_format = video.get("frame_format", "npy")
+        quality = video["jpeg_quality"] if frame_format == "jpeg" else 95  # recorded as null for h264/npy
+        frames = stored_frames(sample["frames.npy"], frame_format, quality)
         return (frames, from_pcm16(sample["audio.npy"]), sensors.astype(np.float32)), warnings
 
     @torch.inference_mode()

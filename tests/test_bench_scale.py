@@ -18,7 +18,8 @@ def test_scale_benchmark_runs_end_to_end_at_smoke_size(tmp_path):
     result = json.loads(output.read_text())
     (row,) = result["rows"]
     assert row["events"] == 20 and row["decode"]["events_decoded"] == 20 and row["decode"]["peak_rss_mib"] > 50
-    assert row["baselines"]["npy_shard_bytes_per_event"] > 0 and row["embed"]["shards_written"] == 3
+    assert row["baselines"]["npy_shard_bytes_per_event"] > 0
+    assert row["embed"]["shards_written"] == row["decode"]["shards_written"]
     stamped = result["incremental"]["time_stamped"]
     assert stamped["decode"]["events_decoded"] == 1 and stamped["embed"]["shards_written"] <= 3
     assert 0 < stamped["dvc_push_bytes"] < result["incremental"]["full_push_bytes"]
