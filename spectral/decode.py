@@ -146,18 +146,21 @@ def _shard_sample(sample: dict, cfg: DecodeConfig) -> dict:
     return {key: encode(value) for key, value in members.items()}
 
 
-def _decode_or_reason(folder: Path, cfg: DecodeConfig) -> tuple[str, dict | None, str | None]:
+Result = tuple[str, dict | None, str | None, bool]  # (name, sample, rejection reason, retry next run)
+
+
+def _decode_or_reason(folder: Path, cfg: DecodeConfig) -> Result:
     try:
         sample = decode_event(folder, cfg.num_frames, cfg.size, cfg.backend, cfg.interpolation)
-        return folder.name, _shard_sample(sample, cfg), None
-    except EventError as err:
-        return display_name(folder.name), None, str(err)
-    except Exception as err:  # never let one event kill a 10,000-event run
+        return folder.name, _shard_sample(sample, cfg), None, False
+    except EventError as err:  # a property of the files: the same inputs give the same rejection
+        return display_name(folder.name), None, str(err), False
+    except Exception as err:  # never let one event kill a 10,000-event run; not cached (out of memory, I/O)
         name = display_name(folder.name)
-        return name, None, f"{name}: unexpected error {type(err).__name__}: {err}"
+        return name, None, f"{name}: unexpected error {type(err).__name__}: {err}", True
 
 
-def _ordered_results(folders: list[Path], cfg: DecodeConfig) -> Iterator[tuple[str, dict | None, str | None]]:
+def _ordered_results(folders: list[Path], cfg: DecodeConfig) -> Iterator[Result]:
     """Results in input order; parallel workers never change the output bytes.
 
     A rolling window of `4 x workers` events is in flight, so memory stays bounded by the
@@ -264,12 +267,12 @@ class _OldSamples:
 def _plan(folders: list[Path], cfg: DecodeConfig) -> list[_Shard]:
     """Every shard this run's outputs consist of, keyed, before anything is decoded."""
     salt = digest("decode", module_code_digest(__file__), cfg.sample_config())
-    names = [folder.name for folder in folders]
+    split_of = {folder.name: assign_split(folder.name, cfg.splits) for folder in folders}
     event_keys = {folder.name: digest(salt, folder.name, *(file_sha256(folder / f) for f in DECODED_FILES))
                   for folder in tqdm(folders, desc="decode: hashing inputs", unit="event", leave=False)}
     shards = []
     for split in SPLITS:
-        in_split = [n for n in names if assign_split(n, cfg.splits) == split]
+        in_split = [name for name, its in split_of.items() if its == split]
         for members in plan_shards(in_split, cfg.shard_events, cfg.max_shard_events):
             keys = {name: event_keys[name] for name in members}
             shards.append(_Shard(split, shard_file_name(split, members), digest(split, keys), keys))
@@ -308,13 +311,14 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig) -> dict:
         for shard in to_write:
             writer = AtomicTarWriter(out_dir / shard.file)
             for name, key in shard.event_keys.items():
+                retry = False
                 if key in old.location:
                     writer.write(old.sample(key))
                     reason, warnings = None, old.warnings[key]
                 elif key in old.rejection:
                     reason = old.rejection[key]
                 else:
-                    result_name, sample, reason = next(results)
+                    result_name, sample, reason, retry = next(results)
                     progress.update()
                     if result_name != display_name(name):
                         raise RuntimeError(f"decode results out of order: {result_name} for {name}")
@@ -325,7 +329,7 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig) -> dict:
                     if cfg.strict:
                         raise StrictModeError(f"strict mode: {reason}")
                     shard.rejected[display_name(name)] = reason
-                    if ": unexpected error " in reason:
+                    if retry:
                         shard.retry.append(display_name(name))
                     continue
                 shard.accepted.append(name)
