@@ -1,4 +1,8 @@
-"""DVC stage `decode`: event folders → WebDataset shards + report.json (params: splits, video.*, decode.*)."""
+"""DVC stage `decode`: event folders → WebDataset shards + report.json (params: splits, video.*, decode.*).
+
+`distributed.decode_processes` > 1 runs the stage as that many torchrun ranks on this machine;
+under an outer `torchrun` (several nodes) the script is one rank of that launch.
+"""
 
 import json
 import sys
@@ -7,18 +11,25 @@ from pathlib import Path
 import yaml
 
 from spectral.decode import DecodeConfig, run_decode
+from spectral.distributed import relaunch_under_torchrun, stage_ranks
+from spectral.lifecycle import end_with_children
 
 
 def main() -> None:
+    end_with_children()
     params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+    relaunch_under_torchrun(params["distributed"]["decode_processes"])
     video, decode = params["video"], params["decode"]
     config = DecodeConfig(num_frames=video["num_frames"], size=video["size"], interpolation=video["interpolation"],
                           splits=params["splits"], **decode)
-    report = run_decode(Path(sys.argv[1]), Path(sys.argv[2]), config)
+    with stage_ranks(params["distributed"]["timeout_s"]) as ranks:
+        report = run_decode(Path(sys.argv[1]), Path(sys.argv[2]), config, ranks)
+    if not ranks.is_main:
+        return
     rate = report["inputs"] / max(report["seconds"], 1e-9)
     reuse = report["reuse"]
     print(f"decode: {report['accepted_count']} accepted, {report['rejected_count']} rejected "
-          f"of {report['inputs']} in {report['seconds']} s ({rate:.1f} events/s); "
+          f"of {report['inputs']} in {report['seconds']} s ({rate:.1f} events/s, {report['processes']} process(es)); "
           f"{reuse['events_decoded']} decoded, {reuse['events_copied']} copied, {reuse['shards_kept']} shards kept, "
           f"{reuse['shards_written']} written, {reuse['shards_removed']} removed")
     for rejection in report["rejected"]:
@@ -26,7 +37,7 @@ def main() -> None:
     # Timing lives outside the cached outputs, which must stay byte-identical.
     Path("metrics").mkdir(exist_ok=True)
     timing = {key: report[key] for key in ("inputs", "accepted_count", "rejected_count", "per_split", "seconds",
-                                           "reuse")}
+                                           "processes", "reuse")}
     Path("metrics/decode.json").write_text(json.dumps({**timing, "events_per_s": round(rate, 2)}, indent=2) + "\n")
 
 

@@ -4,9 +4,11 @@ import sys
 from pathlib import Path
 
 from spectral.evaluation import evaluate, format_report
+from spectral.lifecycle import end_with_children
 
 
 def main() -> None:
+    end_with_children()
     metrics = evaluate(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), Path("metrics/evaluate.json"),
                        Path("plots"))
     print(format_report(metrics))

@@ -6,9 +6,11 @@ from pathlib import Path
 import yaml
 
 from spectral.features.table import run_sensors
+from spectral.lifecycle import end_with_children
 
 
 def main() -> None:
+    end_with_children()
     params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
     sensors = params["sensors"]
     report = run_sensors(Path(sys.argv[1]), Path(sys.argv[2]), params["splits"], strict=sensors["strict"],

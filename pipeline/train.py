@@ -5,10 +5,12 @@ from pathlib import Path
 
 import yaml
 
+from spectral.lifecycle import end_with_children
 from spectral.training import TrainConfig, train
 
 
 def main() -> None:
+    end_with_children()
     params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
     summary = train(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), TrainConfig(**params["train"]),
                     weights=params["video"]["weights"])

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from spectral.distributed import SINGLE_PROCESS, Ranks, assign_by_size
 from spectral.events import (
     AUDIO_FILE,
     DEFAULT_MAX_REJECTED_FRACTION,
@@ -56,6 +57,7 @@ from spectral.incremental import (
 from spectral.io.audio import AudioInfo, load_audio, to_pcm16
 from spectral.io.video import VideoInfo, load_video
 from spectral.keys import sample_key
+from spectral.lifecycle import die_with_parent
 from spectral.splits import SPLITS, assign_split
 
 REPORT = "report.json"
@@ -170,7 +172,8 @@ def _ordered_results(folders: list[Path], cfg: DecodeConfig) -> Iterator[Result]
         yield from (_decode_or_reason(folder, cfg) for folder in folders)
         return
     remaining = iter(folders)
-    with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=die_with_parent) as pool:
         in_flight = deque(pool.submit(_decode_or_reason, f, cfg) for f in islice(remaining, cfg.workers * 4))
         while in_flight:
             result = in_flight.popleft().result()
@@ -264,24 +267,35 @@ class _OldSamples:
             tar.close()
 
 
-def _plan(folders: list[Path], cfg: DecodeConfig) -> list[_Shard]:
-    """Every shard this run's outputs consist of, keyed, before anything is decoded."""
+def _plan(folders: list[Path], cfg: DecodeConfig, ranks: Ranks) -> tuple[list[_Shard], list[_Shard]]:
+    """Every shard this run's outputs consist of, before anything is decoded, and the ones this rank
+    makes (whole shards, balanced by event count), keyed: a rank hashes only its own shards' inputs."""
     salt = digest("decode", module_code_digest(__file__), cfg.sample_config())
     split_of = {folder.name: assign_split(folder.name, cfg.splits) for folder in folders}
-    event_keys = {folder.name: digest(salt, folder.name, *(file_sha256(folder / f) for f in DECODED_FILES))
-                  for folder in tqdm(folders, desc="decode: hashing inputs", unit="event", leave=False)}
-    shards = []
-    for split in SPLITS:
-        in_split = [name for name, its in split_of.items() if its == split]
-        for members in plan_shards(in_split, cfg.shard_events, cfg.max_shard_events):
-            keys = {name: event_keys[name] for name in members}
-            shards.append(_Shard(split, shard_file_name(split, members), digest(split, keys), keys))
-    return shards
+    by_name = {folder.name: folder for folder in folders}
+    shards = [_Shard(split, shard_file_name(split, members), "", dict.fromkeys(members, ""))
+              for split in SPLITS
+              for members in plan_shards([n for n, its in split_of.items() if its == split],
+                                         cfg.shard_events, cfg.max_shard_events)]
+    owners = assign_by_size([len(s.event_keys) for s in shards], ranks.world_size)
+    mine = [s for s, owner in zip(shards, owners, strict=True) if owner == ranks.rank]
+    progress = tqdm(total=sum(len(s.event_keys) for s in mine), desc=ranks.label("decode: hashing inputs"),
+                    unit="event", leave=False)
+    for shard in mine:
+        for name in shard.event_keys:
+            shard.event_keys[name] = digest(salt, name, *(file_sha256(by_name[name] / f) for f in DECODED_FILES))
+            progress.update()
+        shard.key = digest(shard.split, shard.event_keys)
+    progress.close()
+    return shards, mine
 
 
-def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig) -> dict:
+def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks = SINGLE_PROCESS) -> dict:
     """Decode the event folders under events_dir into out_dir, reusing what an earlier run made from
-    the same inputs; writes report.json, returns it plus timing and reuse counts."""
+    the same inputs; writes report.json, returns it plus timing and reuse counts (of all ranks).
+
+    Under torchrun (`ranks` from spectral.distributed.stage_ranks) each rank makes whole shards of
+    the plan and rank 0 writes the report once every rank has reported its shards."""
     # Imported here, not at module level: webdataset pulls in torch (1 s), and every spawned
     # decode worker imports this module; workers only decode, the writer lives in this process.
     from spectral.shards import AtomicTarWriter, remove_stale_shards
@@ -291,21 +305,24 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig) -> dict:
     folders = find_event_folders(events_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan = _plan(folders, cfg)
+    plan, mine = _plan(folders, cfg, ranks)
     previous, legacy = _previous_shards(out_dir)
-    kept = {s.file for s in plan if s.file in previous and previous[s.file].key == s.key
+    kept = {s.file for s in mine if s.file in previous and previous[s.file].key == s.key
             and not previous[s.file].retry}
-    shards = [previous[s.file] if s.file in kept else s for s in plan]
-    _write_index(out_dir, [s for s in shards if s.file in kept], complete=False)
+    mine = [previous[s.file] if s.file in kept else s for s in mine]
+    every_kept = {s.file: s for kept_by_rank in ranks.gather([s for s in mine if s.file in kept]) for s in kept_by_rank}
+    if ranks.is_main:  # every rank has read the previous index by now (the gather waits for all)
+        _write_index(out_dir, [every_kept[s.file] for s in plan if s.file in every_kept], complete=False)
+    ranks.barrier()  # no rank replaces a file before the index stops describing it
     old = _OldSamples(out_dir, previous)
     by_name = {folder.name: folder for folder in folders}
-    if cfg.strict and (reasons := [r for s in shards if s.file in kept for r in s.rejected.values()]):
+    if cfg.strict and (reasons := [r for s in mine if s.file in kept for r in s.rejected.values()]):
         raise StrictModeError(f"strict mode: {reasons[0]}")
-    to_write = [s for s in shards if s.file not in kept]
+    to_write = [s for s in mine if s.file not in kept]
     to_decode = [by_name[name] for s in to_write for name, key in s.event_keys.items()
                  if key not in old.location and key not in old.rejection]
     results = _ordered_results(to_decode, cfg)
-    progress = tqdm(total=len(to_decode), desc="decode", unit="event")
+    progress = tqdm(total=len(to_decode), desc=ranks.label("decode"), unit="event")
     writer = None
     try:
         for shard in to_write:
@@ -347,7 +364,12 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig) -> dict:
     finally:
         progress.close()
         old.close()
-    removed = remove_stale_shards(out_dir, keep={s.file for s in shards if s.sha256}, legacy=legacy)
+    decoded = len(to_decode)
+    reports = ranks.gather((mine, decoded, sum(len(s.event_keys) for s in to_write) - decoded))
+    made = {s.file: s for rank_shards, _, _ in reports for s in rank_shards}
+    shards = [made[s.file] for s in plan]
+    removed = remove_stale_shards(out_dir, keep={s.file for s in shards if s.sha256}, legacy=legacy) \
+        if ranks.is_main else []
     accepted = sorted(name for s in shards for name in s.accepted)
     rejected = sorted(({"event": name, "reason": reason} for s in shards for name, reason in s.rejected.items()),
                       key=lambda r: r["event"])
@@ -366,10 +388,10 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig) -> dict:
         "warnings": {name: w for s in shards for name, w in s.warnings.items()},
     }
     # Timing and reuse counts stay out of report.json: the outputs must be byte-identical to a clean run.
-    _write_index(out_dir, shards, complete=True, extra=report)
-    report_path = out_dir / REPORT
-    check_rejections("decode", len(rejected), len(folders), cfg.max_rejected_fraction, report_path)
-    decoded = len(to_decode)
-    return {**report, "seconds": round(time.perf_counter() - started, 3),
-            "reuse": {"shards_kept": len(kept), "shards_written": len(to_write), "shards_removed": len(removed),
-                      "events_decoded": decoded, "events_copied": sum(len(s.event_keys) for s in to_write) - decoded}}
+    if ranks.is_main:
+        _write_index(out_dir, shards, complete=True, extra=report)
+    check_rejections("decode", len(rejected), len(folders), cfg.max_rejected_fraction, out_dir / REPORT)
+    return {**report, "seconds": round(time.perf_counter() - started, 3), "processes": ranks.world_size,
+            "reuse": {"shards_kept": len(every_kept), "shards_written": len(plan) - len(every_kept),
+                      "shards_removed": len(removed), "events_decoded": sum(r[1] for r in reports),
+                      "events_copied": sum(r[2] for r in reports)}}

@@ -13,10 +13,13 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 LIGHTNING_PRECISION = {torch.float32: "32-true", torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """`auto` = CUDA when present; an unnumbered `cuda` is GPU `local_rank` (one GPU per rank on a machine)."""
+    resolved = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                            "cpu" if device == "auto" else device)
+    if resolved.type == "cuda" and resolved.index is None:
+        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+    return resolved
 
 
 def native_bf16(device: torch.device) -> bool:

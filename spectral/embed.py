@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from spectral.devices import resolve_device, resolve_precision
+from spectral.distributed import SINGLE_PROCESS, Ranks, assign_by_size
 from spectral.frames import load_frames
 from spectral.incremental import clean_run_requested, digest, module_code_digest
 from spectral.models.backbone import BackboneInfo, FrameEncoder, create_backbone
@@ -63,9 +64,10 @@ def _kernel_description(device: torch.device) -> str:
     return f"torch {torch.__version__}, cpu {torch.backends.cpu.get_cpu_capability()}"
 
 
-def build_encoder(cfg: EmbedConfig) -> tuple[FrameEncoder, BackboneInfo, torch.device]:
+def build_encoder(cfg: EmbedConfig, local_rank: int = 0) -> tuple[FrameEncoder, BackboneInfo, torch.device]:
+    """The frozen encoder on its device: with several ranks on a machine, GPU `local_rank`."""
     backbone, info = create_backbone(cfg.backbone, cfg.weights)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, local_rank)
     encoder = FrameEncoder(backbone, info, resolve_precision(cfg.precision, device), cfg.channels_last)
     encoder = encoder.to(device).eval()
     if cfg.compile:
@@ -86,7 +88,9 @@ def _frames_as_tensor(sample: dict) -> dict:
 
 def _loader(shards: list[Path], num_workers: int, pin_memory: bool) -> DataLoader:
     """Streams decoded samples; frames stay uint8 until they reach the device."""
-    dataset = wds.WebDataset([str(p) for p in shards], shardshuffle=False, empty_check=False).map(_frames_as_tensor)
+    # nodesplitter=None: under torchrun the shards are already this rank's share (run_embed assigns them)
+    dataset = wds.WebDataset([str(p) for p in shards], shardshuffle=False, nodesplitter=None,
+                             empty_check=False).map(_frames_as_tensor)
     return DataLoader(dataset, batch_size=None, num_workers=min(num_workers, len(shards)), pin_memory=pin_memory)
 
 
@@ -149,9 +153,12 @@ def embed_stream(samples: Iterator[dict], encode: Callable[[torch.Tensor], torch
         yield from batcher.flush()
 
 
-def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig) -> dict:
+def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks = SINGLE_PROCESS) -> dict:
     """Embed the decoded shards whose embeddings are not already in out_dir; writes mirrored shards +
-    manifest.json (also the reuse index), returns the manifest plus throughput and reuse counts."""
+    manifest.json (also the reuse index), returns the manifest plus throughput and reuse counts.
+
+    Under torchrun each rank embeds whole shards (balanced by event count) on its own device, and
+    rank 0 writes the manifest once every rank has reported what it wrote."""
     decoded_dir, out_dir = Path(decoded_dir), Path(out_dir)
     report_path = decoded_dir / "report.json"
     if not report_path.is_file():
@@ -160,7 +167,7 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig) -> dict:
     if not report.get("complete") or "index" not in report:
         raise ValueError(f"{report_path} is from an interrupted or older decode run: rerun the decode stage")
     out_dir.mkdir(parents=True, exist_ok=True)
-    encoder, info, device = build_encoder(cfg)
+    encoder, info, device = build_encoder(cfg, ranks.local_rank)
     recipe = {
         "backbone": info.to_dict(),
         # how frames were sampled, resized and stored: inference on raw events must do the same
@@ -182,14 +189,20 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig) -> dict:
     event_counts = {entry["file"]: len(entry["accepted"]) for _, entry in inputs}
     previous, legacy = _previous_index(out_dir), _legacy_shards(out_dir)
     kept = {file for file, key in keys.items() if previous.get(file, {}).get("key") == key}
-    _write_manifest(out_dir, {"index": {file: previous[file] for file in sorted(kept)}}, complete=False)
-    to_embed = [entry for _, entry in inputs if entry["file"] not in kept]
+    ranks.barrier()  # every rank has read the previous index before it is rewritten
+    if ranks.is_main:
+        _write_manifest(out_dir, {"index": {file: previous[file] for file in sorted(kept)}}, complete=False)
+    ranks.barrier()  # and no rank replaces a file before the index stops describing it
+    todo = [entry for _, entry in inputs if entry["file"] not in kept]
+    owners = assign_by_size([len(entry["accepted"]) for entry in todo], ranks.world_size)
+    to_embed = [entry for entry, owner in zip(todo, owners, strict=True) if owner == ranks.rank]
     shard_events = {str(decoded_dir / entry["file"]): event_counts[entry["file"]] for entry in to_embed}
-    index = {file: previous[file] for file in kept}
+    index = {}
     frames_done, seconds = 0, 0.0
     started = time.perf_counter()
     writers: dict[str, AtomicTarWriter] = {}
-    progress = tqdm(total=sum(shard_events.values()) * report["config"]["num_frames"], desc="embed", unit="frame")
+    progress = tqdm(total=sum(shard_events.values()) * report["config"]["num_frames"], desc=ranks.label("embed"),
+                    unit="frame")
     try:
         def timed_encode(frames: torch.Tensor) -> torch.Tensor:
             nonlocal seconds, frames_done
@@ -228,18 +241,27 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig) -> dict:
         for writer in writers.values():
             writer.abort()
         raise RuntimeError(f"decoded shards ended early (missing samples): {sorted(writers)}; rerun decode")
-    removed = remove_stale_shards(out_dir, keep=set(keys), legacy=legacy)
+    reports = ranks.gather((index, frames_done, seconds))
+    index = {file: previous[file] for file in kept}
+    for rank_index, _, _ in reports:
+        index.update(rank_index)
+    removed = remove_stale_shards(out_dir, keep=set(keys), legacy=legacy) if ranks.is_main else []
     elapsed = time.perf_counter() - started
     per_split = {split: sum(event_counts[e["file"]] for s, e in inputs if s == split) for split in SPLITS}
     manifest = {"stage": "embed", **recipe, "per_split": per_split, "index": {file: index[file] for file in keys}}
-    _write_manifest(out_dir, manifest, complete=True)
+    if ranks.is_main:
+        _write_manifest(out_dir, manifest, complete=True)
+    frames_all = sum(frames for _, frames, _ in reports)
+    model_rates = [frames / busy for _, frames, busy in reports if busy]
     throughput = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "frames": frames_done,
+        "processes": ranks.world_size,
+        "frames": frames_all,
         "stage_seconds": round(elapsed, 3),
-        "stage_frames_per_s": round(frames_done / elapsed, 2) if elapsed and frames_done else None,
-        "model_frames_per_s": round(frames_done / seconds, 2) if seconds else None,
-        "reuse": {"shards_kept": len(kept), "shards_written": len(to_embed), "shards_removed": len(removed)},
+        "stage_frames_per_s": round(frames_all / elapsed, 2) if elapsed and frames_all else None,
+        # the forward passes alone, summed over ranks (each rank's frames / its time in the model)
+        "model_frames_per_s": round(sum(model_rates), 2) if model_rates else None,
+        "reuse": {"shards_kept": len(kept), "shards_written": len(todo), "shards_removed": len(removed)},
         "config": asdict(cfg),
     }
     log.info("embedded %d frames: %s", frames_done, throughput)

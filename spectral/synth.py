@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from spectral.events import AUDIO_FILE, CLASS_NAMES, METADATA_FILE, SENSORS_FILE, VIDEO_FILE
+from spectral.lifecycle import die_with_parent
 
 AMBIENT, INTERFERENCE, CORRELATED, HUMANOID = range(4)
 CLASS_PRIORS = (0.30, 0.25, 0.25, 0.20)
@@ -316,7 +317,8 @@ def generate(out_dir: Path, n_events: int, seed: int, cfg: SynthConfig = SynthCo
             write_event(*job)
             progress.update()
     else:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=die_with_parent) as pool:
             for _ in pool.map(write_event, *zip(*jobs, strict=True), chunksize=4):
                 progress.update()
     progress.close()
