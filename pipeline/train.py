@@ -14,6 +14,8 @@ def main() -> None:
     params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
     summary = train(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), TrainConfig(**params["train"]),
                     weights=params["video"]["weights"])
+    if summary is None:  # a DDP rank other than 0: rank 0 exports and reports
+        return
     print(f"train: best val_loss {summary['best_val_loss']:.4f} after {summary['epochs_run']} epochs; "
           f"model {summary['model_bytes'] / 1e6:.1f} MB")
 

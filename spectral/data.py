@@ -1,16 +1,22 @@
-"""Training data: cached embedding shards streamed with WebDataset, joined to the sensor table.
+"""Training data: cached embedding shards read by random access, joined to the sensor table.
 
 The sensor table is one small row per event, so it is held in memory and looked up by
-event name (`spectral.keys`) while the heavy shards stream. Labels come from that table,
-not the shards: relabelling an event re-runs the cheap sensors stage, never decode or embed.
-Shards are split across nodes and DataLoader workers by WebDataset itself, which is what
-lets Lightning's DDP scale this without code changes.
+event name (`spectral.keys`). Labels come from that table, not the shards: relabelling an
+event re-runs the cheap sensors stage, never decode or embed.
+
+Shards are read as map-style datasets: each event's tar members are located once from the
+headers (offset, size), then read with one seek. That is what makes distributed training
+exact, whatever the shard sizes: torch's DistributedSampler gives every rank the same
+number of training batches (a rank short of events repeats a few, as DDP needs), and
+Lightning's UnrepeatedDistributedSampler gives validation and test each event exactly once
+across the ranks. Streaming shards per rank (`split_by_node`) cannot do either: ranks get
+unequal batch counts and DDP hangs (webdataset #188, #250; Lightning #9851).
 """
 
 from __future__ import annotations
 
 import io
-import random
+import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +25,8 @@ import numpy as np
 import polars as pl
 import pytorch_lightning as pl_lightning
 import torch
-import webdataset as wds
-from torch.utils.data import DataLoader
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from spectral.features.sensors import SENSOR_FEATURES
 from spectral.io.audio import from_pcm16
@@ -28,15 +34,72 @@ from spectral.keys import event_name
 from spectral.shards import shard_paths
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]
+_MEMBERS = ("emb.npy", "audio.npy")
 
 
-def shard_events(shards: list[Path]) -> list[str]:
-    """Event names in shards, from tar headers only (no payload is decoded)."""
-    names = []
-    for shard in shards:
-        with tarfile.open(shard) as tar:
-            names.extend(event_name(m.name.split(".", 1)[0]) for m in tar.getmembers() if m.name.endswith(".json"))
-    return names
+class ShardEvents:
+    """The events of some shards by position: name, shard and where each member's bytes are.
+
+    Only tar headers are read to build it; `members(i)` then reads one event with a seek per
+    member. File handles are opened per process (DataLoader workers fork), never shared.
+    """
+
+    def __init__(self, shards: list[Path]) -> None:
+        self.names: list[str] = []
+        self._where: list[tuple[Path, dict[str, tuple[int, int]]]] = []
+        for shard in shards:
+            events: dict[str, dict[str, tuple[int, int]]] = {}
+            with tarfile.open(shard) as tar:
+                for member in tar.getmembers():
+                    key, _, extension = member.name.partition(".")
+                    events.setdefault(key, {})[extension] = (member.offset_data, member.size)
+            for key, members in events.items():
+                self.names.append(event_name(key))
+                self._where.append((shard, members))
+        self._handles: dict[Path, object] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def members(self, index: int, extensions: tuple[str, ...] = _MEMBERS) -> dict[str, bytes]:
+        if self._pid != os.getpid():  # a forked worker: open its own files
+            self._handles, self._pid = {}, os.getpid()
+        shard, members = self._where[index]
+        if shard not in self._handles:
+            self._handles[shard] = open(shard, "rb")  # noqa: SIM115 - kept open for the dataset's lifetime
+        handle = self._handles[shard]
+        found = {}
+        for extension in extensions:
+            if extension not in members:
+                raise KeyError(f"{shard}: event {self.names[index]} has no {extension} member; rerun the embed stage")
+            offset, size = members[extension]
+            handle.seek(offset)
+            found[extension] = handle.read(size)
+        return found
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handles": {}}
+
+
+class EventDataset(Dataset):
+    """(embeddings [N, D], waveform [S], sensors [F], label) of the events that have a sensor row."""
+
+    def __init__(self, events: ShardEvents, sensors: dict[str, np.ndarray], labels: dict[str, int]) -> None:
+        self.events, self.sensors, self.labels = events, sensors, labels
+        self.positions = [i for i, name in enumerate(events.names) if name in sensors]
+        self.names = [events.names[i] for i in self.positions]
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index: int) -> Sample:
+        members = self.events.members(self.positions[index])
+        embeddings = torch.from_numpy(np.load(io.BytesIO(members["emb.npy"])).astype(np.float32))
+        waveform = torch.from_numpy(from_pcm16(np.load(io.BytesIO(members["audio.npy"]))))
+        name = self.names[index]
+        return embeddings, waveform, torch.from_numpy(self.sensors[name].copy()), int(self.labels[name])
 
 
 def load_sensor_table(path: Path) -> tuple[dict[str, np.ndarray], dict[str, int], dict[str, str]]:
@@ -62,32 +125,29 @@ class JoinReport:
 
 
 class CachedShardDataModule(pl_lightning.LightningDataModule):
-    """Streams (embeddings [B, N, D], waveform [B, S], sensors [B, F], label [B]) per split."""
+    """Batches of (embeddings [B, N, D], waveform [B, S], sensors [B, F], label [B]) per split, per rank."""
 
     def __init__(self, embed_dir: Path, sensors_path: Path, batch_size: int = 16, num_workers: int = 0,
-                 shuffle_buffer: int = 256, seed: int = 0) -> None:
+                 seed: int = 0) -> None:
         super().__init__()
         self.embed_dir, self.sensors_path = Path(embed_dir), Path(sensors_path)
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.sensors: dict[str, np.ndarray] = {}
         self.labels: dict[str, int] = {}
         self.joins: dict[str, JoinReport] = {}
-        self.train_keys: list[str] = []
-        self._shuffle_rng = random.Random(seed)
+        self.datasets: dict[str, EventDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.sensors:
             return
         self.sensors, self.labels, splits = load_sensor_table(self.sensors_path)
         for split in ("train", "val", "test"):
-            keys = shard_events(shard_paths(self.embed_dir, split))
-            lacking = [k for k in keys if k not in self.sensors]
-            in_shards = set(keys)
+            events = ShardEvents(shard_paths(self.embed_dir, split))
+            self.datasets[split] = EventDataset(events, self.sensors, self.labels)
+            lacking = [name for name in events.names if name not in self.sensors]
+            in_shards = set(events.names)
             unmatched = sorted(e for e, s in splits.items() if s == split and e not in in_shards)
-            self.joins[split] = JoinReport(split, len(keys) - len(lacking), lacking, unmatched)
-            if split == "train":
-                self.train_keys = [k for k in keys if k in self.sensors]
+            self.joins[split] = JoinReport(split, len(self.datasets[split]), lacking, unmatched)
         if self.joins["train"].used == 0:
             raise ValueError(f"no training events with both cached shards in {self.embed_dir} and sensor rows in "
                              f"{self.sensors_path}")
@@ -105,37 +165,38 @@ class CachedShardDataModule(pl_lightning.LightningDataModule):
         return rows
 
     def used_events(self, split: str) -> list[str]:
-        """Event names in the order an unshuffled single-process loader of `split` yields them."""
-        return [e for e in shard_events(shard_paths(self.embed_dir, split)) if e in self.sensors]
+        """Event names in the order a single-process, unshuffled loader of `split` yields them."""
+        return list(self.datasets[split].names)
 
     def train_labels(self) -> np.ndarray:
         """Labels of the training events, from the sensor table: no pass over the shards."""
-        return np.array([self.labels[k] for k in self.train_keys], dtype=np.int64)
+        return np.array([self.labels[name] for name in self.datasets["train"].names], dtype=np.int64)
 
     def train_sensor_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         """NaN-aware mean/std of the training events' sensor features."""
-        rows = np.stack([self.sensors[k] for k in self.train_keys])
+        rows = np.stack([self.sensors[name] for name in self.datasets["train"].names])
         return torch.from_numpy(np.nanmean(rows, axis=0)), torch.from_numpy(np.nanstd(rows, axis=0))
 
-    def _samples(self, split: str, shuffle: bool = False) -> wds.WebDataset:
-        urls = [str(p) for p in shard_paths(self.embed_dir, split)]
-        dataset = wds.WebDataset(urls, shardshuffle=len(urls) if shuffle else False, seed=self.seed,
-                                 nodesplitter=wds.split_by_node, empty_check=False)
-        dataset = dataset.select(lambda s: event_name(s["__key__"]) in self.sensors)
-        if shuffle and self.shuffle_buffer > 1:
-            dataset = dataset.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=self._shuffle_rng)
-        return dataset.map(self._to_tensors)
+    def _ranks(self) -> tuple[int, int]:
+        """(world size, rank) of the trainer this module is attached to; one process without one."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def _to_tensors(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        embeddings = torch.from_numpy(np.load(io.BytesIO(sample["emb.npy"])).astype(np.float32))
-        waveform = torch.from_numpy(from_pcm16(np.load(io.BytesIO(sample["audio.npy"]))))
-        name = event_name(sample["__key__"])
-        return embeddings, waveform, torch.from_numpy(self.sensors[name].copy()), int(self.labels[name])
+    def loader(self, split: str, shuffle: bool = False, ranks: tuple[int, int] | None = None) -> DataLoader:
+        """This rank's batches of one split (`ranks` = (world size, rank); default: the trainer's).
 
-    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        """Batches of one split; evaluation also reads the train split through it (for ablation means)."""
-        return DataLoader(self._samples(split, shuffle=shuffle), batch_size=self.batch_size,
-                          num_workers=self.num_workers, persistent_workers=False)
+        shuffle (training): every rank gets the same number of batches, reshuffled each epoch by
+        Lightning's `set_epoch`. Otherwise (evaluation) each event is in exactly one rank's batches.
+        """
+        dataset = self.datasets[split]
+        world, rank = ranks or self._ranks()
+        if world > len(dataset):
+            raise ValueError(f"the {split} split has {len(dataset)} event(s) for {world} ranks: every rank needs "
+                             f"one; use fewer devices or a larger split")
+        sampler = (DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+                   if shuffle else UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False))
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          persistent_workers=False)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", shuffle=True)

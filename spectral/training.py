@@ -2,7 +2,12 @@
 
 The recipe is the spec's (AdamW, ReduceLROnPlateau on val_loss, top-3 checkpoints,
 early stopping); everything about the loop (devices, precision, DDP) stays in the
-Trainer, so moving from this CPU to eight GPUs is a params change.
+Trainer, so moving from this CPU to eight GPUs is a params change (`train.devices`).
+
+Under DDP every epoch-level value is a torchmetrics state summed over the ranks before it
+is computed (loss included, as a weighted mean), so the LR scheduler, early stopping and
+checkpointing all see the same val_loss on every rank, equal to one process evaluating
+every validation event once (spectral.data gives each rank its share without padding).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from spectral.data import CachedShardDataModule
@@ -51,7 +58,6 @@ class TrainConfig:
     devices: str | int = "auto"
     precision: str = "auto"       # auto: bf16-mixed where the hardware has native bf16, else 32-true (CPU)
     num_workers: int = 0
-    shuffle_buffer: int = 256
     logger: str = "dvclive"       # dvclive | wandb | none; a CSV log is always written
 
 
@@ -66,6 +72,7 @@ class SpectralLightningModule(pl.LightningModule):
         self.model = SpectralFusionModel(num_sensor_features, num_classes, video_dim)
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.criterion = nn.CrossEntropyLoss(weight=weight)
+        self.losses = nn.ModuleDict({f"{split}_loss": MeanMetric() for split in ("train", "val", "test")})
         self.metrics = nn.ModuleDict({
             f"{split}_{name}": metric
             for split in ("train", "val", "test")
@@ -81,8 +88,13 @@ class SpectralLightningModule(pl.LightningModule):
         logits = self(video, audio, sensors)
         loss = self.criterion(logits, labels)
         preds = logits.argmax(dim=1)
+        # Logged loss: sum(w_y * CE) / sum(w_y) over the events seen, which no batching or rank split
+        # changes (a mean of batch means would). A step's value is this rank's batch, an epoch's all ranks'.
+        event_weights = self.criterion.weight[labels] if self.criterion.weight is not None else torch.ones_like(loss)
+        self.losses[f"{split}_loss"](nn.functional.cross_entropy(logits.detach(), labels, reduction="none"),
+                           event_weights.expand(labels.shape))
         on_step = split == "train"
-        self.log(f"{split}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
+        self.log(f"{split}_loss", self.losses[f"{split}_loss"], on_step=on_step, on_epoch=True, prog_bar=True)
         for name in ("acc", "f1"):
             metric = self.metrics[f"{split}_{name}"]
             metric(preds, labels)
@@ -103,6 +115,19 @@ class SpectralLightningModule(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=self.hparams.lr_factor,
                                                                patience=self.hparams.lr_patience)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+
+
+class ValidationHistory(pl.Callback):
+    """Each epoch's validation metrics as logged (synced over ranks), so the summary can report the
+    ones that belong to the best checkpoint."""
+
+    def __init__(self) -> None:
+        self.epochs: dict[int, dict[str, float]] = {}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.epochs[trainer.current_epoch] = {name: float(trainer.callback_metrics[name])
+                                                  for name in ("val_loss", "val_acc", "val_f1")}
 
 
 def inverse_frequency_weights(labels: np.ndarray, num_classes: int, mode: str) -> list[float] | None:
@@ -126,11 +151,15 @@ def _loggers(cfg: TrainConfig, out_dir: Path, dvclive_dir: Path) -> list:
 
 
 def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, weights: str,
-          dvclive_dir: Path = Path("dvclive")) -> dict:
-    """Fit, export `out_dir/model.pt` from the best checkpoint, return a summary (also train_summary.json)."""
+          dvclive_dir: Path = Path("dvclive")) -> dict | None:
+    """Fit, export `out_dir/model.pt` from the best checkpoint, return a summary (also train_summary.json).
+
+    With `train.devices` > 1 every DDP rank runs this function (Lightning starts the ranks by
+    re-running the script); rank 0 alone exports, and the other ranks return None.
+    """
     out_dir = Path(out_dir)
     checkpoints = out_dir / "checkpoints"
-    if checkpoints.is_dir():  # stale checkpoints of an earlier run must not compete for "best"
+    if checkpoints.is_dir() and rank_zero_only.rank == 0:  # stale checkpoints must not compete for "best"
         shutil.rmtree(checkpoints)
     out_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
@@ -139,7 +168,7 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
         raise ValueError(f"{embed_dir}/manifest.json is from an interrupted embed run: rerun the embed stage")
     info = BackboneInfo(**{**manifest["backbone"], "mean": tuple(manifest["backbone"]["mean"]),
                            "std": tuple(manifest["backbone"]["std"])})
-    data = CachedShardDataModule(embed_dir, sensors_path, cfg.batch_size, cfg.num_workers, cfg.shuffle_buffer, cfg.seed)
+    data = CachedShardDataModule(embed_dir, sensors_path, cfg.batch_size, cfg.num_workers, cfg.seed)
     data.setup("fit")
     left_out = data.left_out()
     for row in left_out:
@@ -153,6 +182,7 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
     precision = lightning_precision(cfg.precision, cfg.accelerator)
     checkpoint = ModelCheckpoint(dirpath=str(checkpoints), filename="spectral-{epoch:02d}-{val_loss:.3f}",
                                  monitor="val_loss", mode="min", save_top_k=3)
+    history = ValidationHistory()
     trainer = pl.Trainer(
         max_epochs=cfg.max_epochs,
         accelerator=cfg.accelerator,
@@ -161,11 +191,15 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
         deterministic="warn",
         logger=_loggers(cfg, out_dir, Path(dvclive_dir)),
         callbacks=[checkpoint, EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience, mode="min"),
-                   LearningRateMonitor(logging_interval="epoch"), TQDMProgressBar()],
+                   LearningRateMonitor(logging_interval="epoch"), TQDMProgressBar(), history],
         enable_progress_bar=True,
         log_every_n_steps=1,
+        use_distributed_sampler=False,  # spectral.data's samplers: equal train batches, unpadded evaluation
     )
     trainer.fit(module, datamodule=data)
+    if not trainer.is_global_zero:
+        return None
+    best_epoch = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)["epoch"]
     best = SpectralLightningModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu")
     backbone, live_info = create_backbone(info.name, weights)
     if live_info.weights_sha256 != info.weights_sha256:
@@ -194,6 +228,9 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
     summary = {
         "best_checkpoint": Path(checkpoint.best_model_path).name,
         "best_val_loss": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        # the validation metrics of the exported weights, over every validation event once (all ranks)
+        "best_val_metrics": {"epoch": best_epoch, **history.epochs[best_epoch]},
+        "devices": trainer.world_size,
         "epochs_run": trainer.current_epoch,
         "train_events": int(labels.size),
         "train_class_counts": np.bincount(labels, minlength=len(CLASS_NAMES)).tolist(),

@@ -1,7 +1,9 @@
 import csv
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +11,18 @@ import polars as pl
 import pytest
 import soundfile as sf
 import torch
+import yaml
 from media import upright_marker_frame, write_rotated_video
+from torch import nn
+from torchmetrics.classification import MulticlassF1Score
 
 import spectral.training
+from spectral.data import CachedShardDataModule
 from spectral.decode import DecodeConfig, run_decode
 from spectral.embed import EmbedConfig, run_embed
 from spectral.evaluation import classification_metrics, evaluate
 from spectral.features.sensors import SENSOR_FEATURES
+from spectral.features.table import run_sensors
 from spectral.frames import load_frames
 from spectral.inference import Predictor
 from spectral.io.audio import from_pcm16
@@ -23,6 +30,8 @@ from spectral.keys import event_name
 from spectral.models.artifact import load_model
 from spectral.shards import read_samples, shard_paths
 from spectral.training import SpectralLightningModule, TrainConfig, inverse_frequency_weights, train
+
+PROJECT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +245,58 @@ def test_class_weights_only_when_imbalanced():
     weights = inverse_frequency_weights(torch.tensor([0] * 12 + [1, 2, 3]).numpy(), 4, "auto")
     assert weights[0] < 1 < weights[1]
     assert inverse_frequency_weights(torch.tensor([0] * 12 + [1]).numpy(), 4, "none") is None
+
+
+def test_ddp_on_two_cpu_processes_with_uneven_shards_matches_one_process(tiny_events, tmp_path):
+    """`train.devices: 2` on the CPU (gloo) over deliberately uneven shards, as the stage script runs it:
+    it must finish (equal batches per rank; a hang is what uneven WebDataset streams give), and the
+    validation metrics it logged for its best checkpoint must be one process's evaluation of that
+    checkpoint over every validation event once: loss within 1e-5, accuracy and macro-F1 exactly."""
+    decoded, embedded, sensor_table = tmp_path / "decoded", tmp_path / "embeddings", tmp_path / "sensors.parquet"
+    splits = {"train": 0.5, "val": 0.3, "test": 0.2}
+    report = run_decode(tiny_events, decoded, DecodeConfig(num_frames=2, size=64, workers=1, shard_events=2,
+                                                           max_shard_events=4, splits=splits))
+    run_sensors(tiny_events, sensor_table, splits)
+    index = json.loads((decoded / "report.json").read_text())["index"]
+    train_shard_sizes = [len(entry["accepted"]) for entry in index["train"]]
+    assert len(train_shard_sizes) >= 2 and max(train_shard_sizes) >= 2 * min(train_shard_sizes), train_shard_sizes
+    assert report["per_split"]["val"] >= 3  # an odd split: the ranks' shares differ by one event
+    run_embed(decoded, embedded, EmbedConfig(batch_frames=16, num_workers=0))
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text(encoding="utf-8"))
+    params["train"].update(devices=2, accelerator="cpu", precision="32-true", max_epochs=3, batch_size=2,
+                           logger="none", class_weights="balanced")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    result = subprocess.run([sys.executable, str(PROJECT / "pipeline" / "train.py"), str(embedded),
+                             str(sensor_table), "models"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(PROJECT), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads((tmp_path / "models" / "train_summary.json").read_text())
+    assert summary["devices"] == 2 and summary["class_weights"] is not None
+    logged = summary["best_val_metrics"]
+    module = SpectralLightningModule.load_from_checkpoint(
+        tmp_path / "models" / "checkpoints" / summary["best_checkpoint"], map_location="cpu").eval()
+    data = CachedShardDataModule(embedded, sensor_table, batch_size=100)
+    data.setup()
+    (video, audio, sensors, labels), = list(data.loader("val"))
+    assert len(labels) == report["per_split"]["val"]
+    with torch.no_grad():
+        logits = module(video, audio, sensors)
+    weights = module.criterion.weight[labels]
+    loss = float((nn.functional.cross_entropy(logits, labels, reduction="none") * weights).sum() / weights.sum())
+    predicted = logits.argmax(dim=1)
+    assert abs(logged["val_loss"] - loss) < 1e-5
+    assert logged["val_acc"] == pytest.approx(float((predicted == labels).float().mean()), abs=1e-6)
+    assert logged["val_f1"] == pytest.approx(float(MulticlassF1Score(4, average="macro")(predicted, labels)), abs=1e-6)
+
+
+def test_every_rank_gets_the_same_number_of_training_batches_and_each_validation_event_once(embedded, sensor_table):
+    data = CachedShardDataModule(embedded, sensor_table, batch_size=2)
+    data.setup()
+    for world in (2, 3):
+        train = [len(data.loader("train", shuffle=True, ranks=(world, rank))) for rank in range(world)]
+        assert len(set(train)) == 1
+    val = data.used_events("val")
+    seen = [val[i] for rank in range(2) for i in data.loader("val", ranks=(2, rank)).sampler]
+    assert sorted(seen) == sorted(val) and len(val) == 2
+    with pytest.raises(ValueError, match="the val split has 2 event"):
+        data.loader("val", ranks=(3, 0))
