@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+from spectral.incremental import CLEAN_RUN_ENV
 from spectral.provenance import git_blob_id
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -41,8 +42,8 @@ def env_for(repo: Path) -> dict[str, str]:
             "PYTHONPATH": str(repo)}
 
 
-def run(cmd: list[str], cwd: Path) -> str:
-    env = env_for(cwd)
+def run(cmd: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> str:
+    env = {**env_for(cwd), **(extra_env or {})}
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -163,9 +164,15 @@ def test_sensors_param_change_reruns_sensors_and_nothing_upstream(repo):
     commit(repo, "strict sensors")
 
 
-def test_forced_rerun_gives_the_same_hashes(repo):
+def test_forced_clean_rerun_as_two_processes_gives_the_same_hashes(repo):
+    """The process counts are no stage's deps (changing them re-runs nothing); a clean forced re-run with
+    decode and embed as 2 torchrun ranks each (the stage scripts launch them) gives the same outputs."""
     before = lock_hashes(repo)
-    dvc(repo, "repro", "--force")
+    set_params(repo, {"distributed": {"decode_processes": 2, "embed_processes": 2}})
+    assert "up to date" in dvc(repo, "status")
+    run([str(Path(sys.executable).parent / "dvc"), "repro", "--force"], repo, {CLEAN_RUN_ENV: "1"})
+    assert json.loads((repo / "metrics" / "decode.json").read_text())["processes"] == 2
+    assert json.loads((repo / "metrics" / "embed.json").read_text())["processes"] == 2
     after = lock_hashes(repo)
     # Timings and dvclive's wall-clock step logs are uncached logs; every cached output is byte-identical.
     logs = {"dvclive", "metrics/decode.json", "metrics/embed.json"}
@@ -173,6 +180,7 @@ def test_forced_rerun_gives_the_same_hashes(repo):
         cached = {path: md5 for path, md5 in after[stage].items() if path not in logs}
         assert cached == {p: m for p, m in before[stage].items() if p not in logs}, stage
         assert cached, stage
+    set_params(repo, {"distributed": {"decode_processes": 1, "embed_processes": 1}})
     commit(repo, "forced")
 
 

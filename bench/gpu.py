@@ -1,0 +1,152 @@
+"""The prepared GPU run (bench/gpu.sh): the pipeline's stages at the spec's 150 frames on this machine's GPUs.
+
+Offline and self-contained: it makes its own events in a temporary project, runs the stage scripts
+as `dvc repro` would, and records, with the card's name:
+- embed stage frames/s at bf16 + channels_last, eager and `torch.compile`d, against the model-only
+  forward of the same encoder in the same run (ratio goal >= 0.9); with several GPUs, one rank each;
+- `spectral predict` latency per raw event at 150 frames (spec: < 200 ms);
+- training time on 1 GPU and, where two are present, DDP on 2 (its best validation metrics too).
+Writes bench/results/gpu_<card>.json. About 3-5 minutes on one modern GPU.
+
+    bash bench/gpu.sh                         # what to run on a GPU machine
+    python bench/gpu.py --allow-cpu --events 6 --frames 4   # a smoke run of the script itself, on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from common import write_result
+
+from spectral.embed import EmbedConfig, build_encoder, encode_frames
+from spectral.inference import Predictor
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def stage(cwd: Path, script: str, *args: str) -> float:
+    """Run one stage script as DVC would (cwd = the project, params.yaml there); its wall seconds."""
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, str(PROJECT / "pipeline" / script), *args], cwd=cwd,
+                            env={**os.environ, "PYTHONPATH": str(PROJECT)}, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{script} failed:\n{result.stderr[-3000:]}")
+    return round(time.perf_counter() - started, 2)
+
+
+def set_params(cwd: Path, changes: dict) -> None:
+    path = cwd / "params.yaml"
+    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for section, values in changes.items():
+        params[section] = {**params[section], **values}
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+def model_only_frames_per_s(cfg: EmbedConfig, size: int, seconds: float = 10.0) -> float:
+    """The encoder alone on one in-memory uint8 batch, after warm-up (and compilation)."""
+    encoder, _, device = build_encoder(cfg)
+    frames = torch.randint(0, 256, (cfg.batch_frames, size, size, 3), dtype=torch.uint8)
+    for _ in range(3):
+        encode_frames(encoder, frames, device)
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    synchronize()
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        encode_frames(encoder, frames, device)
+        count += len(frames)
+    synchronize()
+    return count / (time.perf_counter() - started)
+
+
+def predict_latency(model: Path, folders: list[Path], device: str) -> dict:
+    predictor = Predictor(model, device=device)
+    list(predictor.predict(folders[:2], batch_size=1))  # warm-up
+    latencies = []
+    for folder in folders[2:]:
+        started = time.perf_counter()
+        result = next(predictor.predict([folder], batch_size=1))
+        latencies.append((time.perf_counter() - started) * 1000)
+        if "class" not in result:
+            raise RuntimeError(f"predict failed: {result}")
+    p50, p95 = np.percentile(latencies, [50, 95])
+    return {"events": len(latencies), "p50_ms": round(float(p50), 1), "p95_ms": round(float(p95), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=48)
+    parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--allow-cpu", action="store_true", help="smoke-run the script without a GPU")
+    args = parser.parse_args()
+    gpus = torch.cuda.device_count()
+    if not gpus and not args.allow_cpu:
+        sys.exit("no CUDA device visible: this benchmark is for a GPU machine (--allow-cpu to smoke-test it)")
+    device = "cuda" if gpus else "cpu"
+    card = torch.cuda.get_device_name(0) if gpus else "cpu"
+    cores = len(os.sched_getaffinity(0))
+    result: dict = {"card": card, "gpus": gpus, "frames_per_event": args.frames, "events": args.events, "seconds": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = Path(tmp)
+        (cwd / "params.yaml").write_text((PROJECT / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+        set_params(cwd, {"synth": {"events": args.events, "workers": cores},
+                         "video": {"num_frames": args.frames},
+                         "decode": {"workers": cores},
+                         "embed": {"device": device, "precision": "bf16", "channels_last": True,
+                                   "num_workers": min(4, cores)},
+                         "distributed": {"embed_processes": max(1, gpus)},
+                         "train": {"max_epochs": args.epochs, "accelerator": "gpu" if gpus else "cpu",
+                                   "devices": 1, "logger": "none"}})
+        seconds = result["seconds"]
+        seconds["synth"] = stage(cwd, "synth.py", "events")
+        seconds["decode"] = stage(cwd, "decode.py", "events", "decoded")
+        seconds["sensors"] = stage(cwd, "sensors.py", "events", "sensors.parquet")
+        embed = {}
+        for compiled in (False, True) if gpus else (False,):  # the CPU smoke run skips compilation
+            set_params(cwd, {"embed": {"compile": compiled}})
+            out = f"embeddings_{'compiled' if compiled else 'eager'}"
+            seconds[f"embed_{'compiled' if compiled else 'eager'}"] = stage(cwd, "embed.py", "decoded", out)
+            metrics = json.loads((cwd / "metrics" / "embed.json").read_text(encoding="utf-8"))
+            params = yaml.safe_load((cwd / "params.yaml").read_text(encoding="utf-8"))
+            cfg = EmbedConfig(**params["embed"])
+            model_fps = model_only_frames_per_s(cfg, params["video"]["size"]) * max(1, gpus)
+            embed["compiled" if compiled else "eager"] = {
+                "stage_frames_per_s": metrics["stage_frames_per_s"], "ranks": metrics["processes"],
+                "model_only_frames_per_s": round(model_fps, 1),
+                "ratio_stage_vs_model": round(metrics["stage_frames_per_s"] / model_fps, 3)}
+        result["embed"] = embed
+        embeddings = "embeddings_compiled" if gpus else "embeddings_eager"
+        seconds["train_1gpu"] = stage(cwd, "train.py", embeddings, "sensors.parquet", "models")
+        summary = json.loads((cwd / "models" / "train_summary.json").read_text(encoding="utf-8"))
+        result["train_1gpu"] = {"epochs": summary["epochs_run"] + 1, "best_val_metrics": summary["best_val_metrics"]}
+        folders = sorted(p for p in (cwd / "events").iterdir() if re.fullmatch(r"event_\d+", p.name))
+        result["predict"] = predict_latency(cwd / "models" / "model.pt", folders[:22], device)
+        if gpus >= 2:
+            set_params(cwd, {"train": {"devices": 2}})
+            seconds["train_ddp_2gpu"] = stage(cwd, "train.py", embeddings, "sensors.parquet", "models_ddp")
+            ddp = json.loads((cwd / "models_ddp" / "train_summary.json").read_text(encoding="utf-8"))
+            result["train_ddp_2gpu"] = {"devices": ddp["devices"], "best_val_metrics": ddp["best_val_metrics"]}
+    print(f"{'GPU run on':<34}{card} x {gpus}")
+    for name, run in embed.items():
+        print(f"{'embed stage, ' + name:<34}{run['stage_frames_per_s']:>10.1f} frames/s "
+              f"(model-only {run['model_only_frames_per_s']:.1f}, ratio {run['ratio_stage_vs_model']:.2f})")
+    print(f"{'predict p50 / p95 (goal < 200 ms)':<34}{result['predict']['p50_ms']:>10.1f} / "
+          f"{result['predict']['p95_ms']:.1f} ms at {args.frames} frames")
+    print("stage seconds:", json.dumps(seconds))
+    if gpus:  # a CPU smoke run is not a GPU result
+        write_result(f"gpu_{re.sub(r'[^A-Za-z0-9]+', '_', card)}", result)
+
+
+if __name__ == "__main__":
+    main()
