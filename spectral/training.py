@@ -55,7 +55,8 @@ class TrainConfig:
     early_stopping_patience: int = 10
     class_weights: str = "auto"   # auto: inverse-frequency weights when the largest class is >1.5x the smallest
     accelerator: str = "auto"
-    devices: str | int = "auto"
+    devices: str | int = "auto"   # per node; batch_size is per device (DDP's effective batch = devices x nodes x it)
+    num_nodes: int = 1
     precision: str = "auto"       # auto: bf16-mixed where the hardware has native bf16, else 32-true (CPU)
     num_workers: int = 0
     logger: str = "dvclive"       # dvclive | wandb | none; a CSV log is always written
@@ -187,6 +188,7 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
         max_epochs=cfg.max_epochs,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
         precision=precision,
         deterministic="warn",
         logger=_loggers(cfg, out_dir, Path(dvclive_dir)),
