@@ -31,12 +31,16 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 def _cmd_decode(args: argparse.Namespace) -> None:
     from spectral.decode import DecodeConfig, run_decode
+    from spectral.distributed import stage_ranks
 
     cfg = DecodeConfig(num_frames=args.frames, size=args.size, backend=args.backend, splits=args.splits,
                        frame_format=args.frame_format, jpeg_quality=args.jpeg_quality, shard_events=args.shard_events,
                        max_shard_events=4 * args.shard_events, workers=args.workers, strict=args.strict,
                        max_rejected_fraction=args.max_rejected_fraction)
-    report = run_decode(args.events_dir, args.out_dir, cfg)
+    with stage_ranks() as ranks:  # under `torchrun ... -m spectral decode`, one rank of it
+        report = run_decode(args.events_dir, args.out_dir, cfg, ranks)
+    if not ranks.is_main:
+        return
     print(f"accepted {report['accepted_count']}, rejected {report['rejected_count']} "
           f"in {report['seconds']} s; report: {args.out_dir / 'report.json'}")
 
@@ -50,12 +54,15 @@ def _cmd_sensors(args: argparse.Namespace) -> None:
 
 
 def _cmd_embed(args: argparse.Namespace) -> None:
+    from spectral.distributed import stage_ranks
     from spectral.embed import EmbedConfig, run_embed
 
     cfg = EmbedConfig(backbone=args.backbone, weights=args.weights, device=args.device, precision=args.precision,
                       batch_frames=args.batch_frames)
-    result = run_embed(args.decoded_dir, args.out_dir, cfg)
-    print(json.dumps(result["throughput"]))
+    with stage_ranks() as ranks:
+        result = run_embed(args.decoded_dir, args.out_dir, cfg, ranks)
+    if ranks.is_main:
+        print(json.dumps(result["throughput"]))
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -63,7 +70,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     cfg = TrainConfig(max_epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       logger=args.logger)
-    print(json.dumps(train(args.embed_dir, args.sensors, args.out_dir, cfg, args.weights), indent=2))
+    summary = train(args.embed_dir, args.sensors, args.out_dir, cfg, args.weights)
+    if summary is not None:  # None on DDP ranks other than 0
+        print(json.dumps(summary, indent=2))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:

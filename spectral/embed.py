@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections import deque
@@ -67,18 +68,30 @@ def _kernel_description(device: torch.device) -> str:
 
 def build_encoder(cfg: EmbedConfig, local_rank: int = 0) -> tuple[FrameEncoder, BackboneInfo, torch.device]:
     """The frozen encoder on its device: with several ranks on a machine, GPU `local_rank`."""
-    backbone, info = create_backbone(cfg.backbone, cfg.weights)
     device = resolve_device(cfg.device, local_rank)
     if device.type == "cpu":
         # Measured: the same frames give embeddings that differ by ~1e-5 (and in fp16 bytes) at 1 vs 2
         # intra-op threads. A fixed count makes the bytes the same on a 2-core and a 64-core machine
         # (same ISA) and at any number of ranks; scale a CPU run with processes, not threads.
+        _check_cpu_oversubscription(cfg.cpu_threads)
         torch.set_num_threads(cfg.cpu_threads)
+    backbone, info = create_backbone(cfg.backbone, cfg.weights)
     encoder = FrameEncoder(backbone, info, resolve_precision(cfg.precision, device), cfg.channels_last)
     encoder = encoder.to(device).eval()
     if cfg.compile:
         encoder.backbone = torch.compile(encoder.backbone)
     return encoder, info, device
+
+
+def _check_cpu_oversubscription(threads: int) -> None:
+    """Multi-threaded ranks that outnumber the cores spin in OpenMP barriers: measured on 2 cores, 2 ranks
+    x 2 threads took minutes for what 2 x 1 did in seconds. Refuse rather than crawl."""
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cores = len(os.sched_getaffinity(0))
+    if threads > 1 and ranks_here * threads > cores:
+        raise ValueError(f"embed: {ranks_here} process(es) x embed.cpu_threads={threads} threads exceed this "
+                         f"machine's {cores} cores; use fewer distributed.embed_processes, or embed.cpu_threads: 1 "
+                         f"(which changes the CPU embedding bytes, so the stage recomputes)")
 
 
 @torch.inference_mode()

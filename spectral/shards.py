@@ -71,19 +71,13 @@ def remove_stale_shards(directory: Path, keep: set[str], legacy: set[str] = froz
     return removed
 
 
-def read_samples(shards: list[Path], *, split_by_node: bool = False) -> Iterator[dict]:
-    """Decoded samples (npy → ndarray, json → dict) streamed from shards in order.
-
-    With split_by_node, each distributed rank and DataLoader worker reads its own shards
-    (webdataset's node/worker splitting); without, every reader sees every sample.
-    """
+def read_samples(shards: list[Path]) -> Iterator[dict]:
+    """Decoded samples (npy → ndarray, json → dict) streamed from shards in order: for looking inside a
+    shard (training reads them by random access, spectral.data)."""
     urls = [str(p) for p in shards]
     if not urls:
         return iter(())
-    nodesplitter = wds.split_by_node if split_by_node else wds.single_node_only
-    dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=nodesplitter,
-                             workersplitter=wds.split_by_worker, empty_check=False).decode()
-    return iter(dataset)
+    return iter(wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, empty_check=False).decode())
 
 
 def raw_samples(shard: Path) -> Iterator[dict]:

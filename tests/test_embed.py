@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -113,3 +114,9 @@ def test_lossless_frame_cache_gives_the_embeddings_of_raw_frames(tiny_events, de
         assert (tmp_path / "embedded" / shard.name).read_bytes() == shard.read_bytes()
     raw = sum(p.stat().st_size for p in (tmp_path / "npy").glob("*.tar"))
     assert sum(p.stat().st_size for p in decoded.glob("*.tar")) < raw
+
+
+def test_multithreaded_ranks_beyond_the_cores_are_refused_with_a_remedy(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(len(os.sched_getaffinity(0))))
+    with pytest.raises(ValueError, match="cpu_threads: 1"):
+        build_encoder(EmbedConfig(device="cpu", cpu_threads=2))
