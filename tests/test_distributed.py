@@ -9,7 +9,9 @@ process the same intra-op threads, so the 1-rank reference computes as each rank
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,22 +79,37 @@ def test_assignment_takes_whole_items_and_balances_them():
     assert assign_by_size(sizes, 8).count(0) == 1  # more ranks than shards: some ranks idle, none fail
 
 
-def test_decode_and_embed_give_the_same_bytes_at_any_world_size(events, tmp_path):
-    """1 process vs 3 ranks under an outer torchrun (the cluster path); 2 ranks started by the stage scripts
-    from params is tested through `dvc repro` (tests/test_pipeline.py)."""
-    outputs = {}
-    for world in (1, 3):
-        cwd = tmp_path / f"ranks{world}"
-        cwd.mkdir()
-        write_params(cwd, {})
-        outer = world if world > 1 else None
-        log = run_stage(cwd, "decode.py", [str(events), "decoded"], outer)
-        log += run_stage(cwd, "embed.py", ["decoded", "embeddings"], outer)
-        if world > 1:
-            assert f"[rank {world - 1}/{world}]" in log  # the work really was spread over the ranks
-        outputs[world] = {name: digests(cwd / name) for name in ("decoded", "embeddings")}
-    assert len([f for f in outputs[1]["decoded"] if f.endswith(".tar")]) >= 3  # more shards than ranks
-    assert outputs[3] == outputs[1]
+def run_both_stages(cwd: Path, events: Path, torchrun_ranks: int | None) -> str:
+    return (run_stage(cwd, "decode.py", [str(events), "decoded"], torchrun_ranks)
+            + run_stage(cwd, "embed.py", ["decoded", "embeddings"], torchrun_ranks))
+
+
+def stage_outputs(cwd: Path) -> dict[str, dict[str, str]]:
+    return {name: digests(cwd / name) for name in ("decoded", "embeddings")}
+
+
+def test_decode_and_embed_give_the_same_bytes_at_any_world_size_also_incrementally(events, tmp_path):
+    """1 process vs 3 ranks under an outer torchrun (the cluster path); then the nightly case: an event
+    added and one removed, the 3 ranks re-run on their previous outputs, against a clean 1-process run.
+    2 ranks started by the stage scripts from params is tested through `dvc repro` (test_pipeline.py)."""
+    archive = tmp_path / "archive"
+    shutil.copytree(events, archive)
+    for name in ("one", "three", "clean"):
+        (tmp_path / name).mkdir()
+        write_params(tmp_path / name, {})
+    run_both_stages(tmp_path / "one", archive, None)
+    log = run_both_stages(tmp_path / "three", archive, 3)
+    assert "[rank 2/3]" in log  # the work really was spread over the ranks
+    assert len([f for f in stage_outputs(tmp_path / "one")["decoded"] if f.endswith(".tar")]) >= 3
+    assert stage_outputs(tmp_path / "three") == stage_outputs(tmp_path / "one")
+
+    shutil.copytree(archive / "event_00004", archive / "event_00004b")
+    shutil.rmtree(archive / "event_00009")
+    run_both_stages(tmp_path / "three", archive, 3)
+    reuse = json.loads((tmp_path / "three" / "metrics" / "decode.json").read_text())["reuse"]
+    assert reuse["shards_kept"] >= 1 and reuse["events_decoded"] == 1
+    run_both_stages(tmp_path / "clean", archive, None)
+    assert stage_outputs(tmp_path / "three") == stage_outputs(tmp_path / "clean")
 
 
 def process_tree(root: int) -> set[int]:
