@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import yaml
 from common import write_result
+from predict import one_at_a_time_ms
 
 from spectral.embed import EmbedConfig, build_encoder, encode_frames
 from spectral.inference import Predictor
@@ -70,15 +71,7 @@ def model_only_frames_per_s(cfg: EmbedConfig, size: int, seconds: float = 10.0) 
 
 
 def predict_latency(model: Path, folders: list[Path], device: str) -> dict:
-    predictor = Predictor(model, device=device)
-    list(predictor.predict(folders[:2], batch_size=1))  # warm-up
-    latencies = []
-    for folder in folders[2:]:
-        started = time.perf_counter()
-        result = next(predictor.predict([folder], batch_size=1))
-        latencies.append((time.perf_counter() - started) * 1000)
-        if "class" not in result:
-            raise RuntimeError(f"predict failed: {result}")
+    latencies = one_at_a_time_ms(Predictor(model, device=device), folders)
     p50, p95 = np.percentile(latencies, [50, 95])
     return {"events": len(latencies), "p50_ms": round(float(p50), 1), "p95_ms": round(float(p95), 1)}
 
