@@ -18,8 +18,10 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import polars as pl
@@ -42,8 +44,11 @@ class ShardEvents:
     """The events of some shards by position: name, shard and where each member's bytes are.
 
     Only tar headers are read to build it; `members(i)` then reads one event with a seek per
-    member. File handles are opened per process (DataLoader workers fork), never shared.
+    member. File handles are opened per process (DataLoader workers fork), never shared, and at
+    most `OPEN_SHARDS` stay open: a 64k-event archive has ~1,000 shards per split.
     """
+
+    OPEN_SHARDS = 16
 
     def __init__(self, shards: list[Path]) -> None:
         self.names: list[str] = []
@@ -57,7 +62,7 @@ class ShardEvents:
             for key, members in events.items():
                 self.names.append(event_name(key))
                 self._where.append((shard, members))
-        self._handles: dict[Path, object] = {}
+        self._handles: OrderedDict[Path, BinaryIO] = OrderedDict()
         self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -65,10 +70,14 @@ class ShardEvents:
 
     def members(self, index: int, extensions: tuple[str, ...] = _MEMBERS) -> dict[str, bytes]:
         if self._pid != os.getpid():  # a forked worker: open its own files
-            self._handles, self._pid = {}, os.getpid()
+            self._handles, self._pid = OrderedDict(), os.getpid()
         shard, members = self._where[index]
-        if shard not in self._handles:
-            self._handles[shard] = open(shard, "rb")  # noqa: SIM115 - kept open for the dataset's lifetime
+        if shard in self._handles:
+            self._handles.move_to_end(shard)
+        else:
+            if len(self._handles) >= self.OPEN_SHARDS:
+                self._handles.popitem(last=False)[1].close()
+            self._handles[shard] = open(shard, "rb")  # noqa: SIM115 - closed when evicted
         handle = self._handles[shard]
         found = {}
         for extension in extensions:
@@ -80,7 +89,7 @@ class ShardEvents:
         return found
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_handles": {}}
+        return {**self.__dict__, "_handles": OrderedDict()}
 
 
 class EventDataset(Dataset):

@@ -302,7 +302,8 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
 
     started = time.perf_counter()
     check_format(cfg.frame_format, cfg.jpeg_quality)
-    folders = find_event_folders(events_dir)
+    # one listing, rank 0's: events arriving mid-run (a growing archive) must not give ranks different plans
+    folders = ranks.broadcast(find_event_folders(events_dir) if ranks.is_main else None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan, mine = _plan(folders, cfg, ranks)
@@ -390,6 +391,7 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
     # Timing and reuse counts stay out of report.json: the outputs must be byte-identical to a clean run.
     if ranks.is_main:
         _write_index(out_dir, shards, complete=True, extra=report)
+    ranks.barrier()  # a failing check below must not end the ranks before rank 0 has written the report
     check_rejections("decode", len(rejected), len(folders), cfg.max_rejected_fraction, out_dir / REPORT)
     return {**report, "seconds": round(time.perf_counter() - started, 3), "processes": ranks.world_size,
             "reuse": {"shards_kept": len(every_kept), "shards_written": len(plan) - len(every_kept),

@@ -48,6 +48,16 @@ class Ranks:
         dist.all_gather_object(values, value)
         return values
 
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's `value` on every rank: one view of inputs that may change while ranks look at them."""
+        if self.world_size == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.world_size > 1:
             import torch.distributed as dist

@@ -78,20 +78,25 @@ def build_encoder(cfg: EmbedConfig, local_rank: int = 0) -> tuple[FrameEncoder, 
     backbone, info = create_backbone(cfg.backbone, cfg.weights)
     encoder = FrameEncoder(backbone, info, resolve_precision(cfg.precision, device), cfg.channels_last)
     encoder = encoder.to(device).eval()
-    if cfg.compile:
-        encoder.backbone = torch.compile(encoder.backbone)
+    if cfg.compile:  # static shapes: run_embed pads each shard's last batch to batch_frames when compiling
+        encoder.backbone = torch.compile(encoder.backbone, dynamic=False)
     return encoder, info, device
 
 
 def _check_cpu_oversubscription(threads: int) -> None:
     """Multi-threaded ranks that outnumber the cores spin in OpenMP barriers: measured on 2 cores, 2 ranks
-    x 2 threads took minutes for what 2 x 1 did in seconds. Refuse rather than crawl."""
+    x 2 threads took minutes for what 2 x 1 did in seconds. Refuse that rather than crawl; one process
+    with more threads than cores (a 1-core container) is only warned about."""
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     cores = len(os.sched_getaffinity(0))
-    if threads > 1 and ranks_here * threads > cores:
-        raise ValueError(f"embed: {ranks_here} process(es) x embed.cpu_threads={threads} threads exceed this "
-                         f"machine's {cores} cores; use fewer distributed.embed_processes, or embed.cpu_threads: 1 "
-                         f"(which changes the CPU embedding bytes, so the stage recomputes)")
+    if threads == 1 or ranks_here * threads <= cores:
+        return
+    advice = (f"{ranks_here} process(es) x embed.cpu_threads={threads} threads exceed the {cores} core(s) this "
+              f"process may use; use fewer distributed.embed_processes, or embed.cpu_threads: 1 (which changes "
+              f"the CPU embedding bytes, so the stage recomputes)")
+    if ranks_here > 1:
+        raise ValueError(f"embed: {advice}")
+    log.warning("embed: %s", advice)
 
 
 @torch.inference_mode()
@@ -203,6 +208,10 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
         "compile": cfg.compile,
         "embedding_dtype": "float16",
     }
+    recipes = ranks.gather(recipe)
+    if any(other != recipe for other in recipes):  # one manifest describes every shard
+        raise RuntimeError(f"embed ranks disagree on how embeddings are made (different GPUs or software?): "
+                           f"{[r for r in recipes if r != recipe][0]} vs rank {ranks.rank}'s {recipe}")
     salt = digest("embed", module_code_digest(__file__), recipe)
     inputs = [(split, entry) for split in SPLITS for entry in report["index"][split] if entry["sha256"]]
     keys = {entry["file"]: digest(salt, entry["sha256"]) for _, entry in inputs}
@@ -227,7 +236,11 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
         def timed_encode(frames: torch.Tensor) -> torch.Tensor:
             nonlocal seconds, frames_done
             started_batch = time.perf_counter()
-            embeddings = encode_frames(encoder, frames, device)
+            if cfg.compile and len(frames) < cfg.batch_frames:  # one shape: compiled once, whoever runs it
+                padding = frames.new_zeros((cfg.batch_frames - len(frames), *frames.shape[1:]))
+                embeddings = encode_frames(encoder, torch.cat([frames, padding]), device)[:len(frames)]
+            else:
+                embeddings = encode_frames(encoder, frames, device)
             seconds += time.perf_counter() - started_batch
             frames_done += len(frames)
             progress.update(len(frames))
@@ -271,6 +284,7 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
     manifest = {"stage": "embed", **recipe, "per_split": per_split, "index": {file: index[file] for file in keys}}
     if ranks.is_main:
         _write_manifest(out_dir, manifest, complete=True)
+    ranks.barrier()  # the stage ends when the manifest is written, on every rank
     frames_all = sum(frames for _, frames, _ in reports)
     model_rates = [frames / busy for _, frames, busy in reports if busy]
     throughput = {

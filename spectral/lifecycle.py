@@ -17,6 +17,7 @@ import signal
 import sys
 
 _PR_SET_PDEATHSIG = 1
+_installed = False
 
 
 def die_with_parent(signum: int = signal.SIGTERM) -> None:
@@ -38,5 +39,17 @@ def _terminate_children_and_exit(signum: int, frame) -> None:
 def end_with_children() -> None:
     """For a stage's main process: exit on SIGTERM taking its worker processes along, and get SIGTERM
     when the launching process (DVC, torchrun, a shell) dies."""
+    global _installed
     signal.signal(signal.SIGTERM, _terminate_children_and_exit)
     die_with_parent()
+    _installed = True
+
+
+def reclaim_sigterm() -> None:
+    """Put the stage's SIGTERM handler back where a library replaced it (a no-op outside a stage).
+
+    Lightning installs its own when fit starts; under DDP it broadcasts from inside the handler,
+    which can wait forever on a rank that is in an all-reduce. Exiting at once is safe: the other
+    ranks get SIGTERM from their parent-death signal."""
+    if _installed:
+        signal.signal(signal.SIGTERM, _terminate_children_and_exit)

@@ -33,6 +33,7 @@ from spectral.deps import files_digest
 from spectral.devices import lightning_precision
 from spectral.events import CLASS_NAMES
 from spectral.features.sensors import SENSOR_FEATURES
+from spectral.lifecycle import reclaim_sigterm
 from spectral.models.artifact import export_model
 from spectral.models.backbone import BackboneInfo, FrameEncoder, create_backbone
 from spectral.models.fusion import SpectralFusionModel
@@ -131,6 +132,16 @@ class ValidationHistory(pl.Callback):
                                                   for name in ("val_loss", "val_acc", "val_f1")}
 
 
+class StageSigterm(pl.Callback):
+    """Keeps a stage's SIGTERM behaviour (spectral.lifecycle) once Lightning has installed its handlers."""
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        reclaim_sigterm()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        reclaim_sigterm()
+
+
 def inverse_frequency_weights(labels: np.ndarray, num_classes: int, mode: str) -> list[float] | None:
     """Class weights for the loss: None when balanced enough (or mode 'none'), else n / (k * count)."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
@@ -193,7 +204,8 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
         deterministic="warn",
         logger=_loggers(cfg, out_dir, Path(dvclive_dir)),
         callbacks=[checkpoint, EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience, mode="min"),
-                   LearningRateMonitor(logging_interval="epoch"), TQDMProgressBar(), history],
+                   LearningRateMonitor(logging_interval="epoch"), TQDMProgressBar(), history,
+                   StageSigterm()],
         enable_progress_bar=True,
         log_every_n_steps=1,
         use_distributed_sampler=False,  # spectral.data's samplers: equal train batches, unpadded evaluation
