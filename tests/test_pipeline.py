@@ -191,7 +191,9 @@ def test_experiment_run_shows_metrics(repo):
     experiments = [e for rev in table for e in (rev.get("experiments") or [])]
     assert experiments, table
     data = experiments[0]["revs"][0]["data"]
-    assert "accuracy" in data["metrics"]["metrics/evaluate.json"]["data"]
+    headline = data["metrics"]["metrics/headline.json"]["data"]
+    assert {"accuracy", "accuracy_low", "accuracy_high", "macro_f1", "ece"} <= set(headline)
+    assert "metrics/evaluate.json" not in data["metrics"]  # the detail is an output, not a column
     assert data["params"]["params.yaml"]["data"]["train"]["lr"] == 0.003
 
 

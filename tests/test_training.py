@@ -20,7 +20,7 @@ import spectral.training
 from spectral.data import CachedShardDataModule
 from spectral.decode import DecodeConfig, run_decode
 from spectral.embed import EmbedConfig, run_embed
-from spectral.evaluation import classification_metrics, evaluate
+from spectral.evaluation import bootstrap_intervals, classification_metrics, evaluate
 from spectral.features.sensors import SENSOR_FEATURES
 from spectral.features.table import run_sensors
 from spectral.frames import load_frames
@@ -229,6 +229,8 @@ def test_evaluate_writes_metrics_ablation_and_plots(trained, embedded, sensor_ta
     assert metrics["confusion_matrix"] == confusion.tolist()
     for name in ("confusion.csv", "reliability.csv", "confusion_matrix.png", "reliability.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 0
+    low, high = metrics["intervals"]["accuracy"]
+    assert low <= metrics["accuracy"] <= high
 
 
 def test_classification_metrics_known_answer():
@@ -237,7 +239,31 @@ def test_classification_metrics_known_answer():
     metrics = classification_metrics(probabilities, labels, ["a", "b"])
     assert metrics["accuracy"] == 0.75 and metrics["confusion_matrix"] == [[1, 0], [1, 2]]
     assert metrics["per_class"]["a"] == {"precision": 0.5, "recall": 1.0, "f1": 0.6667, "support": 1}
-    assert metrics["ece"] == pytest.approx(0.25 * (0.1 + 0.2 + 0.3 + 0.6))  # one sample per bin: |acc - conf|
+    assert metrics["ece"] == pytest.approx(0, abs=1e-9) and len(metrics["reliability"]) == 1  # one bin of 4
+
+
+def test_calibration_bins_hold_at_least_ten_events_known_answer():
+    """20 events: 10 at confidence 0.6 of which 3 right, 10 at 0.9 all right → bins of 10, ECE 0.5*0.3 + 0.5*0.1."""
+    probabilities = np.array([[0.6, 0.4]] * 10 + [[0.9, 0.1]] * 10)
+    labels = np.array([0] * 3 + [1] * 7 + [0] * 10)
+    metrics = classification_metrics(probabilities, labels, ["a", "b"])
+    assert [b["count"] for b in metrics["reliability"]] == [10, 10]
+    assert metrics["ece"] == pytest.approx(0.2)
+
+
+def test_bootstrap_intervals_cover_the_estimate_and_narrow_with_more_events():
+    rng = np.random.default_rng(1)
+    widths = []
+    for n in (40, 400):
+        labels = rng.integers(0, 4, n)
+        preds = np.where(rng.random(n) < 0.8, labels, (labels + 1) % 4)  # ~80 % right
+        intervals = bootstrap_intervals(preds, labels, 4)
+        assert intervals == bootstrap_intervals(preds, labels, 4)  # seeded: same predictions, same bytes
+        low, high = intervals["accuracy"]
+        assert low <= (preds == labels).mean() <= high and intervals["macro_f1"][0] < intervals["macro_f1"][1]
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2  # ~1/sqrt(n): 10x the events, ~3x narrower
+    assert bootstrap_intervals(labels, labels, 4)["accuracy"] == [1.0, 1.0]
 
 
 def test_class_weights_only_when_imbalanced():
