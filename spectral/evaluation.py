@@ -163,12 +163,14 @@ def _plot_reliability(reliability: list[dict], ece: float, path: Path) -> None:
 
 def format_report(metrics: dict) -> str:
     """The evaluation as a short table for a terminal: headline, per class, ablation."""
-    low_high = {name: "[{:.3f}, {:.3f}]".format(*metrics["intervals"][name]) for name in ("accuracy", "macro_f1")}
-    intervals = metrics["intervals"]
-    lines = [f"test accuracy {metrics['accuracy']:.3f} {low_high['accuracy']}, "
-             f"macro-F1 {metrics['macro_f1']:.3f} {low_high['macro_f1']}, "
+    intervals = metrics.get("intervals")  # absent from files an older evaluate stage wrote
+    low_high = {name: " [{:.3f}, {:.3f}]".format(*intervals[name]) if intervals else ""
+                for name in ("accuracy", "macro_f1")}
+    lines = [f"test accuracy {metrics['accuracy']:.3f}{low_high['accuracy']}, "
+             f"macro-F1 {metrics['macro_f1']:.3f}{low_high['macro_f1']}, "
              f"ECE {metrics['ece']:.3f} on {metrics['test_events']} events",
-             f"[...]: {intervals['level']:.0%} bootstrap intervals over the test events", "",
+             f"[...]: {intervals['level']:.0%} bootstrap intervals over the test events" if intervals else
+             "(no intervals: re-run the evaluate stage)", "",
              f"{'class':<28}{'precision':>10}{'recall':>8}{'F1':>7}{'n':>5}"]
     for name, row in metrics["per_class"].items():
         lines.append(f"{name:<28}{row['precision']:>10.3f}{row['recall']:>8.3f}{row['f1']:>7.3f}{row['support']:>5}")
