@@ -74,7 +74,7 @@ def main() -> None:
         data = CachedShardDataModule(Path(tmp) / "emb", Path(tmp) / "sensors.parquet", batch_size=args.batch_size)
         data.setup("fit")
         started, samples = time.perf_counter(), 0
-        for video, audio, sensors, labels in data.train_dataloader():
+        for video, audio, sensors, _, labels in data.train_dataloader():
             step(model, optimizer, video, audio, sensors, labels)
             samples += labels.shape[0]
         cached_sps = samples / (time.perf_counter() - started)

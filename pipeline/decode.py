@@ -21,7 +21,8 @@ def main() -> None:
     relaunch_under_torchrun(params["distributed"]["decode_processes"])
     video, decode = params["video"], params["decode"]
     config = DecodeConfig(num_frames=video["num_frames"], size=video["size"], interpolation=video["interpolation"],
-                          splits=params["splits"], **decode)
+                          audio_seconds=params["audio"]["seconds"], splits=params["splits"],
+                          missing_modality=params["missing_modality"], **decode)
     with stage_ranks(params["distributed"]["timeout_s"]) as ranks:
         report = run_decode(Path(sys.argv[1]), Path(sys.argv[2]), config, ranks)
     if not ranks.is_main:

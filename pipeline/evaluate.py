@@ -10,7 +10,7 @@ from spectral.lifecycle import end_with_children
 def main() -> None:
     end_with_children()
     metrics = evaluate(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), Path("metrics/evaluate.json"),
-                       Path("plots"), headline_path=Path("metrics/headline.json"))
+                       Path("plots"), headline_path=Path("metrics/headline.json"), ood_dir=Path(sys.argv[4]))
     print(format_report(metrics))
 
 

@@ -14,7 +14,8 @@ def main() -> None:
     params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
     sensors = params["sensors"]
     report = run_sensors(Path(sys.argv[1]), Path(sys.argv[2]), params["splits"], strict=sensors["strict"],
-                         max_rejected_fraction=sensors["max_rejected_fraction"])
+                         max_rejected_fraction=sensors["max_rejected_fraction"],
+                         missing_modality=params["missing_modality"])
     print(f"sensors: {report['accepted_count']} accepted ({report['reused']} with features reused), "
           f"{report['rejected_count']} rejected of {report['inputs']}")
     for rejection in report["rejected"]:

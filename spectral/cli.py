@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from spectral.events import DEFAULT_MAX_REJECTED_FRACTION
+from spectral.events import DEFAULT_MAX_REJECTED_FRACTION, MISSING_MODALITY_POLICIES
 from spectral.frames import FORMATS
 from spectral.splits import SPLITS
 
@@ -29,14 +29,22 @@ def _cmd_synth(args: argparse.Namespace) -> None:
     print(f"wrote {len(folders)} events to {args.out}")
 
 
+def _cmd_ood_set(args: argparse.Namespace) -> None:
+    from spectral.oodset import generate_ood
+
+    folders = generate_ood(args.out, args.events, args.seed)
+    print(f"wrote {len(folders)} out-of-distribution events to {args.out}")
+
+
 def _cmd_decode(args: argparse.Namespace) -> None:
     from spectral.decode import DecodeConfig, run_decode
     from spectral.distributed import stage_ranks
 
-    cfg = DecodeConfig(num_frames=args.frames, size=args.size, backend=args.backend, splits=args.splits,
+    cfg = DecodeConfig(num_frames=args.frames, size=args.size, audio_seconds=args.audio_seconds,
+                       backend=args.backend, splits=args.splits,
                        frame_format=args.frame_format, jpeg_quality=args.jpeg_quality, shard_events=args.shard_events,
                        max_shard_events=4 * args.shard_events, workers=args.workers, strict=args.strict,
-                       max_rejected_fraction=args.max_rejected_fraction)
+                       max_rejected_fraction=args.max_rejected_fraction, missing_modality=args.missing_modality)
     with stage_ranks() as ranks:  # under `torchrun ... -m spectral decode`, one rank of it
         report = run_decode(args.events_dir, args.out_dir, cfg, ranks)
     if not ranks.is_main:
@@ -49,7 +57,7 @@ def _cmd_sensors(args: argparse.Namespace) -> None:
     from spectral.features.table import run_sensors
 
     report = run_sensors(args.events_dir, args.out, args.splits, strict=args.strict,
-                         max_rejected_fraction=args.max_rejected_fraction)
+                         max_rejected_fraction=args.max_rejected_fraction, missing_modality=args.missing_modality)
     print(f"accepted {report['accepted_count']}, rejected {report['rejected_count']}; table: {args.out}")
 
 
@@ -78,7 +86,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from spectral.evaluation import evaluate, format_report
 
-    print(format_report(evaluate(args.model, args.embed_dir, args.sensors, args.metrics, args.plots)))
+    print(format_report(evaluate(args.model, args.embed_dir, args.sensors, args.metrics, args.plots,
+                                 ood_dir=args.ood)))
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -112,11 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=_cmd_synth)
 
+    p = sub.add_parser("ood-set", help="write out-of-distribution event folders (real photos, lavfi, speech-like)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--events", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_ood_set)
+
     p = sub.add_parser("decode", help="event folders -> WebDataset shards of frames + audio")
     p.add_argument("events_dir", type=Path)
     p.add_argument("out_dir", type=Path)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=224)
+    p.add_argument("--audio-seconds", type=float, default=5.0, help="audio window: trimmed or zero-padded to it")
     p.add_argument("--backend", choices=("pyav", "decord"), default="pyav")
     p.add_argument("--splits", type=_splits, default=_splits("0.7,0.15,0.15"))
     p.add_argument("--frame-format", choices=FORMATS, default="h264", help="how frames are stored (README)")
@@ -126,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="stop at the first rejected event")
     p.add_argument("--max-rejected-fraction", type=float, default=DEFAULT_MAX_REJECTED_FRACTION,
                    help="fail when more of the events than this are rejected")
+    p.add_argument("--missing-modality", choices=MISSING_MODALITY_POLICIES, default="reject",
+                   help="keep: an event whose file of this stage is missing/undecodable is kept, the modality masked")
     p.set_defaults(func=_cmd_decode)
 
     p = sub.add_parser("sensors", help="event folders -> Parquet table of sensor features")
@@ -135,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true")
     p.add_argument("--max-rejected-fraction", type=float, default=DEFAULT_MAX_REJECTED_FRACTION,
                    help="fail when more of the events than this are rejected")
+    p.add_argument("--missing-modality", choices=MISSING_MODALITY_POLICIES, default="reject",
+                   help="keep: an event whose file of this stage is missing/undecodable is kept, the modality masked")
     p.set_defaults(func=_cmd_sensors)
 
     p = sub.add_parser("embed", help="decoded shards -> frozen-backbone frame embedding shards")
@@ -161,12 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logger", default="dvclive", choices=("dvclive", "wandb", "none"))
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="test-split metrics, ablation and plots")
+    p = sub.add_parser("evaluate", help="test-split metrics, calibration, OOD, ablation and plots")
     p.add_argument("model", type=Path)
     p.add_argument("embed_dir", type=Path)
     p.add_argument("sensors", type=Path)
     p.add_argument("--metrics", type=Path, default=Path("metrics/evaluate.json"))
     p.add_argument("--plots", type=Path, default=Path("plots"))
+    p.add_argument("--ood", type=Path, help="event folders unlike the training data (e.g. data/ood_events or your "
+                                            "own recordings): AUROC and detection rate of the OOD flag")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("report", help="print an evaluation metrics file as a table")

@@ -16,6 +16,7 @@ unequal batch counts and DDP hangs (webdataset #188, #250; Lightning #9851).
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 from collections import OrderedDict
@@ -35,8 +36,8 @@ from spectral.io.audio import from_pcm16
 from spectral.keys import event_name
 from spectral.shards import shard_paths
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]
 _MEMBERS = ("emb.npy", "audio.npy")
 
 
@@ -69,6 +70,7 @@ class ShardEvents:
         return len(self.names)
 
     def members(self, index: int, extensions: tuple[str, ...] = _MEMBERS) -> dict[str, bytes]:
+        """The event's members among `extensions` that it has (an event kept without a modality lacks one)."""
         if self._pid != os.getpid():  # a forked worker: open its own files
             self._handles, self._pid = OrderedDict(), os.getpid()
         shard, members = self._where[index]
@@ -82,21 +84,30 @@ class ShardEvents:
         found = {}
         for extension in extensions:
             if extension not in members:
-                raise KeyError(f"{shard}: event {self.names[index]} has no {extension} member; rerun the embed stage")
+                continue
             offset, size = members[extension]
             handle.seek(offset)
             found[extension] = handle.read(size)
         return found
+
+    def has(self, index: int, extension: str) -> bool:
+        """Whether the event has that member, from the headers read at construction: no file access."""
+        return extension in self._where[index][1]
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handles": OrderedDict()}
 
 
 class EventDataset(Dataset):
-    """(embeddings [N, D], waveform [S], sensors [F], label) of the events that have a sensor row."""
+    """(embeddings [N, D], waveform [S], sensors [F], presence mask [3], label) of the events that have a
+    sensor row. An event decode or sensors kept without a modality (`missing_modality: keep`) has zeros
+    (NaN sensors) there and False in its mask; the model never sees the placeholder."""
 
-    def __init__(self, events: ShardEvents, sensors: dict[str, np.ndarray], labels: dict[str, int]) -> None:
+    def __init__(self, events: ShardEvents, sensors: dict[str, np.ndarray], labels: dict[str, int],
+                 sensors_present: dict[str, bool], video_shape: tuple[int, int], audio_samples: int) -> None:
         self.events, self.sensors, self.labels = events, sensors, labels
+        self.sensors_present = sensors_present
+        self.video_shape, self.audio_samples = video_shape, audio_samples
         self.positions = [i for i, name in enumerate(events.names) if name in sensors]
         self.names = [events.names[i] for i in self.positions]
 
@@ -105,22 +116,27 @@ class EventDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         members = self.events.members(self.positions[index])
-        embeddings = torch.from_numpy(np.load(io.BytesIO(members["emb.npy"])).astype(np.float32))
-        waveform = torch.from_numpy(from_pcm16(np.load(io.BytesIO(members["audio.npy"]))))
         name = self.names[index]
-        return embeddings, waveform, torch.from_numpy(self.sensors[name].copy()), int(self.labels[name])
+        present = torch.tensor(["emb.npy" in members, "audio.npy" in members, self.sensors_present[name]])
+        embeddings = (torch.from_numpy(np.load(io.BytesIO(members["emb.npy"])).astype(np.float32)) if present[0]
+                      else torch.zeros(self.video_shape))
+        waveform = (torch.from_numpy(from_pcm16(np.load(io.BytesIO(members["audio.npy"])))) if present[1]
+                    else torch.zeros(self.audio_samples))
+        return embeddings, waveform, torch.from_numpy(self.sensors[name].copy()), present, int(self.labels[name])
 
 
-def load_sensor_table(path: Path) -> tuple[dict[str, np.ndarray], dict[str, int], dict[str, str]]:
-    """(event → float32 feature vector in SENSOR_FEATURES order, NaN = missing; event → label; event → split)."""
+def load_sensor_table(path: Path) -> tuple[dict[str, np.ndarray], dict[str, int], dict[str, str], dict[str, bool]]:
+    """(event → float32 feature vector in SENSOR_FEATURES order, NaN = missing; event → label; event → split;
+    event → whether it has usable sensors at all)."""
     table = pl.read_parquet(path)
-    missing = [c for c in ("event", "split", "label", *SENSOR_FEATURES) if c not in table.columns]
+    missing = [c for c in ("event", "split", "label", *SENSOR_FEATURES, "sensors_missing") if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: sensor table lacks columns {missing}; rerun the sensors stage")
     events = table["event"].to_list()
     values = table.select(SENSOR_FEATURES).fill_null(float("nan")).to_numpy().astype(np.float32)
+    present = table["sensors_missing"].is_null().to_list()
     return (dict(zip(events, values, strict=True)), dict(zip(events, table["label"].to_list(), strict=True)),
-            dict(zip(events, table["split"].to_list(), strict=True)))
+            dict(zip(events, table["split"].to_list(), strict=True)), dict(zip(events, present, strict=True)))
 
 
 @dataclass
@@ -134,7 +150,8 @@ class JoinReport:
 
 
 class CachedShardDataModule(pl_lightning.LightningDataModule):
-    """Batches of (embeddings [B, N, D], waveform [B, S], sensors [B, F], label [B]) per split, per rank."""
+    """Batches of (embeddings [B, N, D], waveform [B, S], sensors [B, F], present [B, 3], label [B]) per split,
+    per rank."""
 
     def __init__(self, embed_dir: Path, sensors_path: Path, batch_size: int = 16, num_workers: int = 0,
                  seed: int = 0) -> None:
@@ -149,10 +166,13 @@ class CachedShardDataModule(pl_lightning.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.sensors:
             return
-        self.sensors, self.labels, splits = load_sensor_table(self.sensors_path)
+        self.sensors, self.labels, splits, sensors_present = load_sensor_table(self.sensors_path)
+        manifest = json.loads((self.embed_dir / "manifest.json").read_text(encoding="utf-8"))
+        video_shape = (manifest["video"]["num_frames"], manifest["backbone"]["embedding_dim"])
         for split in ("train", "val", "test"):
             events = ShardEvents(shard_paths(self.embed_dir, split))
-            self.datasets[split] = EventDataset(events, self.sensors, self.labels)
+            self.datasets[split] = EventDataset(events, self.sensors, self.labels, sensors_present, video_shape,
+                                                manifest["audio"]["samples"])
             lacking = [name for name in events.names if name not in self.sensors]
             in_shards = set(events.names)
             unmatched = sorted(e for e, s in splits.items() if s == split and e not in in_shards)
@@ -180,6 +200,14 @@ class CachedShardDataModule(pl_lightning.LightningDataModule):
     def train_labels(self) -> np.ndarray:
         """Labels of the training events, from the sensor table: no pass over the shards."""
         return np.array([self.labels[name] for name in self.datasets["train"].names], dtype=np.int64)
+
+    def missing_modalities(self, split: str) -> dict[str, list[str]]:
+        """The events of a split kept without a modality (`missing_modality: keep`), by modality."""
+        dataset = self.datasets[split]
+        events = list(zip(dataset.names, dataset.positions, strict=True))
+        return {"video": [n for n, i in events if not dataset.events.has(i, "emb.npy")],
+                "audio": [n for n, i in events if not dataset.events.has(i, "audio.npy")],
+                "sensors": [n for n in dataset.names if not dataset.sensors_present[n]]}
 
     def train_sensor_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         """NaN-aware mean/std of the training events' sensor features."""

@@ -12,7 +12,8 @@ each shard holds and the key it was made from. A shard whose key is unchanged is
 untouched on disk; a shard that must be rewritten copies its unchanged events from the old
 shards and decodes only new or changed ones. The result is byte-identical to a clean run.
 Labels are not decoded (the sensors stage's table carries them), so relabelling re-decodes
-nothing. An event needs video.mp4 and audio.wav here; a missing or undecodable one rejects it.
+nothing. An event needs video.mp4 and audio.wav here; a missing or undecodable one rejects it, or
+with `missing_modality: keep` is left out of the sample and named (training masks it).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from spectral.events import (
     EventError,
     MediaError,
     StrictModeError,
+    check_file,
+    check_missing_policy,
     check_rejections,
     display_name,
     find_event_folders,
@@ -54,7 +57,7 @@ from spectral.incremental import (
     plan_shards,
     shard_file_name,
 )
-from spectral.io.audio import AudioInfo, load_audio, to_pcm16
+from spectral.io.audio import TARGET_SECONDS, AudioInfo, audio_samples, load_audio, to_pcm16
 from spectral.io.video import VideoInfo, load_video
 from spectral.keys import sample_key
 from spectral.lifecycle import die_with_parent
@@ -70,6 +73,7 @@ class DecodeConfig:
 
     num_frames: int = 16
     size: int = 224
+    audio_seconds: float = TARGET_SECONDS
     backend: str = "pyav"
     interpolation: str = "bicubic"
     splits: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
@@ -80,10 +84,15 @@ class DecodeConfig:
     workers: int = 2
     strict: bool = False
     max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION
+    missing_modality: str = "reject"  # keep: an event without usable video or audio is kept, that modality masked
+
+    def __post_init__(self) -> None:
+        check_missing_policy(self.missing_modality)
 
     def sample_config(self) -> dict:
         """What a decoded sample's bytes depend on (with the media and the code): its reuse key."""
-        config = {key: getattr(self, key) for key in ("num_frames", "size", "backend", "interpolation", "splits",
+        config = {key: getattr(self, key) for key in ("num_frames", "size", "audio_seconds", "backend", "interpolation",
+                                                      "splits", "missing_modality",
                                                       "frame_format", "jpeg_quality")}
         if self.frame_format != "jpeg":  # the quality changes no byte of h264/npy shards
             config["jpeg_quality"] = None
@@ -94,40 +103,65 @@ class DecodeConfig:
         return {**self.sample_config(), "shard_events": self.shard_events, "max_shard_events": self.max_shard_events}
 
 
-def media_warnings(video: VideoInfo, audio: AudioInfo) -> list[str]:
-    """What decoding had to repair in an event, in words; stored in the shard and returned by predict."""
+def media_warnings(video: VideoInfo | None, audio: AudioInfo | None) -> list[str]:
+    """What decoding had to repair in an event, in words; stored in the shard and returned by predict
+    (None: that modality is absent)."""
     warnings = []
-    if video.repeated_frames:
+    if video is not None and video.repeated_frames:
         warnings.append(f"video: {video.repeated_frames} sampled frame(s) could not be decoded; "
                         f"an earlier frame stands in")
-    if video.corrupt_frames:
+    if video is not None and video.corrupt_frames:
         warnings.append(f"video: {video.corrupt_frames} sampled frame(s) decoded with damage (error-concealed)")
-    if audio.repaired_samples:
+    if audio is not None and audio.repaired_samples:
         warnings.append(f"audio: {audio.repaired_samples} sample(s) held NaN/inf and were replaced")
-    if audio.clipped_samples:
+    if audio is not None and audio.clipped_samples:
         warnings.append(f"audio: {audio.clipped_samples} sample(s) at full scale (clipped recording)")
     return warnings
 
 
-def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpolation: str) -> dict:
-    """One event's frames ("frames.npy", uint8 [N, size, size, 3]), int16 audio and metadata;
-    raises EventError naming the file at fault. Labels are not read."""
-    event = load_event(folder, labelled=False, files=DECODED_FILES)
+def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpolation: str,
+                 audio_seconds: float = TARGET_SECONDS, keep_missing: bool = False) -> dict:
+    """One event's frames ("frames.npy", uint8 [N, size, size, 3]), int16 audio and metadata; raises
+    EventError naming the file at fault. Labels are not read. `keep_missing`: a missing, empty or
+    undecodable video or audio is left out of the sample and named in json["missing"] with its reason
+    (the model masks it), instead of rejecting the event; one of the two must decode."""
+    event = load_event(folder, labelled=False, files=() if keep_missing else DECODED_FILES)
+    sample: dict = {"__key__": sample_key(event.name)}
+    meta: dict = {"event": event.name}
+    missing: dict[str, str] = {}
+    video_info = audio_info = None
     try:
-        frames, video_info = load_video(str(event.video), num_frames, size, backend, interpolation)
-    except Exception as err:  # any decoder failure is a property of this file, not of the run
-        raise MediaError(event.name, VIDEO_FILE, f"cannot decode video: {err}") from None
+        path = check_file(event.path, VIDEO_FILE)
+        try:
+            sample["frames.npy"], video_info = load_video(str(path), num_frames, size, backend, interpolation)
+        except Exception as err:  # any decoder failure is a property of this file, not of the run
+            raise MediaError(event.name, VIDEO_FILE, f"cannot decode video: {err}") from None
+        meta["video"] = {**asdict(video_info), "backend": backend, "sampled_frames": num_frames}
+    except EventError as err:
+        if not keep_missing:
+            raise
+        missing["video"] = str(err)
     try:
-        waveform, audio_info = load_audio(str(event.audio))
-    except Exception as err:
-        raise MediaError(event.name, AUDIO_FILE, f"cannot decode audio: {err}") from None
-    meta = {
-        "event": event.name,
-        "video": {**asdict(video_info), "backend": backend, "sampled_frames": num_frames},
-        "audio": asdict(audio_info),
-        "warnings": media_warnings(video_info, audio_info),
-    }
-    return {"__key__": sample_key(event.name), "frames.npy": frames, "audio.npy": to_pcm16(waveform), "json": meta}
+        path = check_file(event.path, AUDIO_FILE)
+        try:
+            waveform, audio_info = load_audio(str(path), length=audio_samples(audio_seconds))
+        except Exception as err:
+            raise MediaError(event.name, AUDIO_FILE, f"cannot decode audio: {err}") from None
+        sample["audio.npy"] = to_pcm16(waveform)
+        meta["audio"] = asdict(audio_info)
+    except EventError as err:
+        if not keep_missing:
+            raise
+        missing["audio"] = str(err)
+    if len(missing) == 2:
+        raise EventError(event.name, None, f"neither video nor audio decodes ({missing['video']}; "
+                                           f"{missing['audio']})")
+    meta["warnings"] = media_warnings(video_info, audio_info) + [
+        f"{modality}: missing, kept with the modality masked ({reason})" for modality, reason in missing.items()]
+    if missing:
+        meta["missing"] = missing
+    sample["json"] = meta
+    return sample
 
 
 def _shard_sample(sample: dict, cfg: DecodeConfig) -> dict:
@@ -142,9 +176,9 @@ def _shard_sample(sample: dict, cfg: DecodeConfig) -> dict:
             return json.dumps(value).encode("utf-8")
         return value
 
-    frames = sample.pop("frames.npy")
+    frames = sample.pop("frames.npy", None)
     sample["json"]["split"] = assign_split(sample["json"]["event"], cfg.splits)
-    members = {**sample, **encode_frames(frames, cfg.frame_format, cfg.jpeg_quality)}
+    members = {**sample, **(encode_frames(frames, cfg.frame_format, cfg.jpeg_quality) if frames is not None else {})}
     return {key: encode(value) for key, value in members.items()}
 
 
@@ -153,7 +187,8 @@ Result = tuple[str, dict | None, str | None, bool]  # (name, sample, rejection r
 
 def _decode_or_reason(folder: Path, cfg: DecodeConfig) -> Result:
     try:
-        sample = decode_event(folder, cfg.num_frames, cfg.size, cfg.backend, cfg.interpolation)
+        sample = decode_event(folder, cfg.num_frames, cfg.size, cfg.backend, cfg.interpolation, cfg.audio_seconds,
+                              keep_missing=cfg.missing_modality == "keep")
         return folder.name, _shard_sample(sample, cfg), None, False
     except EventError as err:  # a property of the files: the same inputs give the same rejection
         return display_name(folder.name), None, str(err), False
@@ -380,13 +415,17 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
         "accepted_count": len(accepted),
         "rejected_count": len(rejected),
         "per_split": {split: sum(len(s.accepted) for s in shards if s.split == split) for split in SPLITS},
-        "policy": "an event needs video.mp4 and audio.wav (labels are read by the sensors stage); "
-                  "a missing, empty or undecodable file rejects the event",
+        "policy": "an event needs video.mp4 and audio.wav (labels are read by the sensors stage); a missing, "
+                  "empty or undecodable one rejects the event" if cfg.missing_modality == "reject" else
+                  "an event needs video.mp4 or audio.wav (labels are read by the sensors stage); a missing, empty "
+                  "or undecodable one is left out of the sample, listed in `incomplete` (training masks it)",
         "config": cfg.data_config(),
         "shards": {split: [s.file for s in shards if s.split == split and s.sha256] for split in SPLITS},
         "accepted": accepted,
         "rejected": rejected,
         "warnings": {name: w for s in shards for name, w in s.warnings.items()},
+        "incomplete": {name: [m for m in ("video", "audio") if any(x.startswith(f"{m}: missing") for x in w)]
+                       for s in shards for name, w in s.warnings.items() if any(": missing, kept" in x for x in w)},
     }
     # Timing and reuse counts stay out of report.json: the outputs must be byte-identical to a clean run.
     if ranks.is_main:

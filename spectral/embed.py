@@ -33,8 +33,9 @@ from tqdm import tqdm
 
 from spectral.devices import resolve_device, resolve_precision
 from spectral.distributed import SINGLE_PROCESS, Ranks, assign_by_size
-from spectral.frames import load_frames
+from spectral.frames import is_frame_member, load_frames
 from spectral.incremental import clean_run_requested, digest, module_code_digest
+from spectral.io.audio import TARGET_RATE, audio_samples
 from spectral.models.backbone import BackboneInfo, FrameEncoder, create_backbone
 from spectral.shards import AtomicTarWriter, remove_stale_shards
 from spectral.splits import SPLITS
@@ -106,8 +107,10 @@ def encode_frames(encoder: FrameEncoder, frames: torch.Tensor, device: torch.dev
 
 
 def _frames_as_tensor(sample: dict) -> dict:
-    """Decode only the frames (JPEG or npy); audio and metadata pass through as the original bytes."""
-    return {**sample, "frames": torch.from_numpy(load_frames(sample))}
+    """Decode only the frames (JPEG or npy); audio and metadata pass through as the original bytes. An
+    event decode kept without video (`missing_modality: keep`) has frames None and gets no embeddings."""
+    has_frames = any(is_frame_member(key) for key in sample)
+    return {**sample, "frames": torch.from_numpy(load_frames(sample)) if has_frames else None}
 
 
 def _loader(shards: list[Path], num_workers: int, pin_memory: bool) -> DataLoader:
@@ -128,12 +131,16 @@ class _ShardBatcher:
         self.encoded: list[torch.Tensor] = []
         self.n_waiting = self.n_encoded = self.seen = 0
 
-    def _finished(self) -> Iterator[tuple[dict, torch.Tensor]]:
+    def _finished(self) -> Iterator[tuple[dict, torch.Tensor | None]]:
+        while self.pending and self.pending[0]["frames"] is None:  # no video: in order, nothing to encode
+            yield self.pending.popleft(), None
         while self.pending and self.n_encoded >= len(self.pending[0]["frames"]):
             n = len(self.pending[0]["frames"])
             rows = torch.cat(self.encoded)
             self.encoded, self.n_encoded = [rows[n:]], self.n_encoded - n
             yield self.pending.popleft(), rows[:n]
+            while self.pending and self.pending[0]["frames"] is None:
+                yield self.pending.popleft(), None
 
     def _encode(self, count: int) -> None:
         block = torch.cat(self.waiting)
@@ -141,9 +148,12 @@ class _ShardBatcher:
         self.encoded.append(self.encode(block[:count]))
         self.n_encoded += count
 
-    def add(self, sample: dict) -> Iterator[tuple[dict, torch.Tensor]]:
+    def add(self, sample: dict) -> Iterator[tuple[dict, torch.Tensor | None]]:
         self.seen += 1
         self.pending.append(sample)
+        if sample["frames"] is None:
+            yield from self._finished()
+            return
         self.waiting.append(sample["frames"])
         self.n_waiting += len(sample["frames"])
         while self.n_waiting >= self.batch_frames:
@@ -197,6 +207,8 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
         # how frames were sampled, resized and stored: inference on raw events must do the same
         "video": {key: report["config"][key]
                   for key in ("num_frames", "size", "interpolation", "backend", "frame_format", "jpeg_quality")},
+        # the audio window decode trimmed or padded every waveform to; training and inference use it
+        "audio": {"sample_rate": TARGET_RATE, "samples": audio_samples(report["config"]["audio_seconds"])},
         # what the embedding bytes depend on besides the frames and weights: they are shared by
         # pulling from a DVC remote, not recomputed, on machines where these differ
         "precision": str(encoder.precision).removeprefix("torch."),
@@ -253,12 +265,12 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
             if url not in writers:
                 writers[url] = AtomicTarWriter(out_dir / Path(url).name)
             writer = writers[url]
-            writer.write({
-                "__key__": sample["__key__"],
-                "emb.npy": embeddings.numpy().astype(np.float16),
-                "audio.npy": sample["audio.npy"],
-                "json": sample["json"],
-            })
+            record = {"__key__": sample["__key__"], "json": sample["json"]}
+            if embeddings is not None:
+                record["emb.npy"] = embeddings.numpy().astype(np.float16)
+            if "audio.npy" in sample:  # absent when decode kept the event without audio
+                record["audio.npy"] = sample["audio.npy"]
+            writer.write(record)
             shard_events[url] -= 1
             if shard_events[url] == 0:  # the shard is complete: publish it and record it in the index
                 file = writer.close().name

@@ -27,24 +27,13 @@ import torch  # noqa: E402
 from spectral.data import CachedShardDataModule  # noqa: E402
 from spectral.models.artifact import load_model  # noqa: E402
 from spectral.models.fusion import SpectralFusionModel  # noqa: E402
+from spectral.models.modalities import describe, presence_patterns  # noqa: E402
+from spectral.posthoc import branch_outputs, pattern_mask  # noqa: E402
 
-MODALITIES = ("video", "audio", "sensors")
 MIN_EVENTS_PER_BIN = 10
 MAX_BINS = 10
 BOOTSTRAP_RESAMPLES = 2000
 log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def branch_outputs(model: SpectralFusionModel, loader) -> tuple[list[torch.Tensor], np.ndarray]:
-    """Per-branch embeddings of every sample, and labels."""
-    parts: list[list[torch.Tensor]] = [[], [], []]
-    labels = []
-    for video, audio, sensors, label in loader:
-        for store, emb in zip(parts, model.branch_embeddings(video, audio, sensors), strict=True):
-            store.append(emb)
-        labels.append(label)
-    return [torch.cat(p) for p in parts], torch.cat(labels).numpy()
 
 
 def _confusion(preds: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -75,16 +64,28 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray) -> tuple[list[
     return reliability, ece
 
 
+def bootstrap_draws(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """[resamples, n] event indices. Every statistic of one evaluation uses the same draws, so differences
+    between two rows (an ablation's drop, calibration before vs after) are paired."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float]:
+    return [round(float(v), 4) for v in np.percentile(values, [100 * (1 - level) / 2, 100 * (1 + level) / 2])]
+
+
+def macro_f1_draws(preds: np.ndarray, labels: np.ndarray, k: int, draws: np.ndarray) -> np.ndarray:
+    return np.array([_per_class(_confusion(preds[d], labels[d], k))[2].mean() for d in draws])
+
+
 def bootstrap_intervals(preds: np.ndarray, labels: np.ndarray, k: int, resamples: int = BOOTSTRAP_RESAMPLES,
                         level: float = 0.95, seed: int = 0) -> dict:
     """Percentile-bootstrap intervals of accuracy and macro-F1 over the test events: the spread another
     draw of a test split this size would show. Fixed seed, so the same predictions give the same bytes."""
-    draws = np.random.default_rng(seed).integers(0, labels.size, size=(resamples, labels.size))
+    draws = bootstrap_draws(labels.size, resamples, seed)
     accuracy = (preds[draws] == labels[draws]).mean(axis=1)
-    macro_f1 = np.array([_per_class(_confusion(preds[d], labels[d], k))[2].mean() for d in draws])
-    tails = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
-    return {"accuracy": [round(float(v), 4) for v in np.percentile(accuracy, tails)],
-            "macro_f1": [round(float(v), 4) for v in np.percentile(macro_f1, tails)],
+    return {"accuracy": percentile_interval(accuracy, level),
+            "macro_f1": percentile_interval(macro_f1_draws(preds, labels, k, draws), level),
             "level": level, "resamples": resamples, "method": "percentile bootstrap over test events, seed 0"}
 
 
@@ -109,25 +110,115 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_
     }
 
 
-def _probabilities(model: SpectralFusionModel, parts: list[torch.Tensor]) -> np.ndarray:
+def calibration_scores(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Per event: negative log-likelihood, Brier score (squared error of the probability vector), and
+    confidence and correctness for ECE; means over events are the reported numbers."""
+    picked = probabilities[np.arange(labels.size), labels]
+    onehot = np.eye(probabilities.shape[1])[labels]
+    return {"nll": -np.log(np.clip(picked, 1e-12, None)), "brier": ((probabilities - onehot) ** 2).sum(axis=1),
+            "confidence": probabilities.max(axis=1), "correct": probabilities.argmax(axis=1) == labels}
+
+
+def calibration_table(logits: np.ndarray, labels: np.ndarray, temperature: float, draws: np.ndarray) -> dict:
+    """NLL, Brier and ECE of the softmax before and after temperature scaling, each with its bootstrap
+    interval (the same draws, so before and after are paired), and both reliability curves."""
+    table: dict = {"temperature": round(temperature, 4)}
+    for name, t in (("before", 1.0), ("after", temperature)):
+        scores = calibration_scores(_softmax(logits / t), labels)
+        reliability, ece = reliability_bins(scores["confidence"], scores["correct"])
+        ece_draws = np.array([reliability_bins(scores["confidence"][d], scores["correct"][d])[1] for d in draws])
+        table[name] = {"nll": round(float(scores["nll"].mean()), 4),
+                       "nll_interval": percentile_interval(scores["nll"][draws].mean(axis=1)),
+                       "brier": round(float(scores["brier"].mean()), 4),
+                       "brier_interval": percentile_interval(scores["brier"][draws].mean(axis=1)),
+                       "ece": round(float(ece), 4), "ece_interval": percentile_interval(ece_draws),
+                       "reliability": reliability}
+    return table
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+@torch.no_grad()
+def _logits(model: SpectralFusionModel, parts: list[torch.Tensor], present: torch.Tensor) -> np.ndarray:
+    return model.classify(*parts, present).double().numpy()
+
+
+def ablation_table(model: SpectralFusionModel, test_parts: list[torch.Tensor], present: torch.Tensor,
+                   train_means: list[torch.Tensor], labels: np.ndarray, class_names: list[str],
+                   draws: np.ndarray) -> dict:
+    """Accuracy/macro-F1 with every modality pattern: a missing branch as the model meets it in use (its
+    learned "absent" embedding) and, as the baseline a model without one would need, replaced by its
+    training-set mean. macro_f1_drop is paired with "all" over the same bootstrap draws."""
+    k = len(class_names)
+    all_preds = _logits(model, test_parts, present).argmax(axis=1)
+    all_f1 = macro_f1_draws(all_preds, labels, k, draws)
+
+    def row(preds: np.ndarray) -> dict:
+        f1 = _per_class(_confusion(preds, labels, k))[2].mean()
+        drops = all_f1 - macro_f1_draws(preds, labels, k, draws)
+        return {"accuracy": round(float((preds == labels).mean()), 4), "macro_f1": round(float(f1), 4),
+                "macro_f1_drop": round(float(_per_class(_confusion(all_preds, labels, k))[2].mean() - f1), 4),
+                "macro_f1_drop_interval": percentile_interval(drops)}
+
+    table = {}
+    for pattern in presence_patterns()[::-1]:  # all, then without one, then only one
+        name = describe(pattern)
+        table[name] = row(_logits(model, test_parts, pattern_mask(present, pattern)).argmax(axis=1))
+        if name != "all":
+            replaced = [p if keep else mean.expand_as(p)
+                        for keep, p, mean in zip(pattern, test_parts, train_means, strict=True)]
+            table[f"{name} (training mean)"] = row(_logits(model, replaced, present).argmax(axis=1))
+    return table
+
+
+def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    """P(an OOD event scores above an in-distribution one), ties counted half (Mann-Whitney U)."""
+    if not in_scores.size or not out_scores.size:
+        return float("nan")
+    greater = (out_scores[:, None] > in_scores[None, :]).mean()
+    ties = (out_scores[:, None] == in_scores[None, :]).mean()
+    return float(greater + 0.5 * ties)
+
+
+def ood_scores(model: SpectralFusionModel, parts: list[torch.Tensor], present: torch.Tensor) -> dict[str, np.ndarray]:
+    """The exported detector's score and two alternatives measured against it: the calibrated softmax's
+    1 - max probability and the energy score -T·logsumexp(logits / T) (Liu et al., NeurIPS 2020)."""
     with torch.no_grad():
-        return torch.softmax(model.classify(*parts), dim=1).numpy()
+        features = model.fused(parts, present)
+        logits = model.classifier(features).double() / model.temperature.double()
+        return {"mahalanobis": model.ood.score(features, present).double().numpy(),
+                "max_softmax": (1 - torch.softmax(logits, dim=1).max(dim=1).values).numpy(),
+                "energy": (-model.temperature.double() * torch.logsumexp(logits, dim=1)).numpy(),
+                "in_distribution": model.ood.in_distribution(model.ood.score(features, present), present).numpy()}
 
 
-def ablation_table(model: SpectralFusionModel, test_parts: list[torch.Tensor], train_means: list[torch.Tensor],
-                   labels: np.ndarray, class_names: list[str]) -> dict:
-    """Accuracy/macro-F1 with all modalities, without each one, and with each one alone."""
-    def score(keep: set[str]) -> dict:
-        parts = [p if m in keep else mean.expand_as(p)
-                 for m, p, mean in zip(MODALITIES, test_parts, train_means, strict=True)]
-        metrics = classification_metrics(_probabilities(model, parts), labels, class_names)
-        return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
-
-    table = {"all": score(set(MODALITIES))}
-    for m in MODALITIES:
-        table[f"without_{m}"] = score(set(MODALITIES) - {m})
-    for m in MODALITIES:
-        table[f"only_{m}"] = score({m})
+def ood_table(test: dict[str, np.ndarray], ood: dict[str, np.ndarray], groups: list[str],
+              draws: np.ndarray) -> dict:
+    """AUROC of each score (test split = in-distribution, OOD set = positives), with a bootstrap interval
+    for the exported detector's, its false-alarm rate on the test split and detection rate per OOD group."""
+    rng = np.random.default_rng(1)
+    ood_draws = rng.integers(0, len(groups), size=(draws.shape[0], len(groups)))
+    score = test["mahalanobis"]
+    table = {
+        "score": "mahalanobis",
+        "auroc": round(auroc(score, ood["mahalanobis"]), 4),
+        "auroc_interval": percentile_interval(np.array([auroc(score[d], ood["mahalanobis"][o])
+                                                        for d, o in zip(draws, ood_draws, strict=True)])),
+        "false_alarm_rate": round(float(1 - test["in_distribution"].mean()), 4),
+        "detection_rate": round(float(1 - ood["in_distribution"].mean()), 4),
+        "ood_events": len(groups), "test_events": int(score.size),
+        "alternatives_auroc": {name: round(auroc(test[name], ood[name]), 4) for name in ("max_softmax", "energy")},
+        "groups": {},
+    }
+    names = np.array(groups)
+    for group in sorted(set(groups)):
+        members = names == group
+        table["groups"][group] = {"events": int(members.sum()),
+                                  "auroc": round(auroc(score, ood["mahalanobis"][members]), 4),
+                                  "detection_rate": round(float(1 - ood["in_distribution"][members].mean()), 4)}
     return table
 
 
@@ -148,13 +239,16 @@ def _plot_confusion(confusion: list[list[int]], class_names: list[str], path: Pa
     plt.close(fig)
 
 
-def _plot_reliability(reliability: list[dict], ece: float, path: Path) -> None:
+def _plot_reliability(calibration: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    ax.plot([r["bin_confidence"] for r in reliability], [r["accuracy"] for r in reliability], "o-", label="model")
-    ax.set_xlabel("confidence")
+    for name, style in (("before", "s:"), ("after", "o-")):
+        rows = calibration[name]["reliability"]
+        ax.plot([r["bin_confidence"] for r in rows], [r["accuracy"] for r in rows], style,
+                label=f"{name} temperature scaling (ECE {calibration[name]['ece']:.3f})")
+    ax.set_xlabel("confidence (equal-mass bins, ≥ 10 test events each)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability (ECE {ece:.3f})")
+    ax.set_title(f"Reliability (T = {calibration['temperature']:.2f})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -162,7 +256,7 @@ def _plot_reliability(reliability: list[dict], ece: float, path: Path) -> None:
 
 
 def format_report(metrics: dict) -> str:
-    """The evaluation as a short table for a terminal: headline, per class, ablation."""
+    """The evaluation as short tables for a terminal: headline, per class, calibration, OOD, ablation."""
     intervals = metrics.get("intervals")  # absent from files an older evaluate stage wrote
     low_high = {name: " [{:.3f}, {:.3f}]".format(*intervals[name]) if intervals else ""
                 for name in ("accuracy", "macro_f1")}
@@ -174,38 +268,89 @@ def format_report(metrics: dict) -> str:
              f"{'class':<28}{'precision':>10}{'recall':>8}{'F1':>7}{'n':>5}"]
     for name, row in metrics["per_class"].items():
         lines.append(f"{name:<28}{row['precision']:>10.3f}{row['recall']:>8.3f}{row['f1']:>7.3f}{row['support']:>5}")
-    lines += ["", f"{'ablation (missing = training mean)':<40}{'accuracy':>9}{'macro-F1':>10}"]
+    if calibration := metrics.get("calibration"):
+        lines += ["", f"calibration (temperature {calibration['temperature']:.3f}, fitted on validation)",
+                  f"{'':<8}{'NLL':>22}{'Brier':>22}{'ECE':>22}"]
+        for name in ("before", "after"):
+            row = calibration[name]
+            lines.append(f"{name:<8}" + "".join(f"{row[k]:>7.3f} [{row[k + '_interval'][0]:.3f}, "
+                                                 f"{row[k + '_interval'][1]:.3f}]" for k in ("nll", "brier", "ece")))
+    if ood := metrics.get("ood"):
+        lines += ["", f"out-of-distribution ({ood['score']}): AUROC {ood['auroc']:.3f} "
+                      f"[{ood['auroc_interval'][0]:.3f}, {ood['auroc_interval'][1]:.3f}] on {ood['ood_events']} OOD vs "
+                      f"{ood['test_events']} test events; flagged: {ood['detection_rate']:.0%} of OOD, "
+                      f"{ood['false_alarm_rate']:.0%} of test (false alarms)",
+                  "  other scores' AUROC: " + ", ".join(f"{k} {v:.3f}" for k, v in ood["alternatives_auroc"].items())]
+        for group, row in ood["groups"].items():
+            lines.append(f"  {group:<44} n={row['events']:<4} AUROC {row['auroc']:.3f}  "
+                         f"flagged {row['detection_rate']:.0%}")
+    header = "modalities (missing = learned absent embedding" if calibration else "ablation (missing = training mean"
+    lines += ["", f"{header + ')':<48}{'accuracy':>9}{'macro-F1':>10}{'F1 drop [95 %]':>22}"]
     for name, row in metrics["ablation"].items():
-        lines.append(f"{name:<40}{row['accuracy']:>9.3f}{row['macro_f1']:>10.3f}")
+        drop = (f"{row['macro_f1_drop']:>8.3f} [{row['macro_f1_drop_interval'][0]:.3f}, "
+                f"{row['macro_f1_drop_interval'][1]:.3f}]" if "macro_f1_drop" in row else "")
+        lines.append(f"{name:<48}{row['accuracy']:>9.3f}{row['macro_f1']:>10.3f}{drop:>22}")
     return "\n".join(lines)
 
 
 def headline(metrics: dict) -> dict:
     """The few numbers to compare experiments by (DVC's metrics file); flat, so every tool shows them."""
     intervals = metrics["intervals"]
-    return {"accuracy": metrics["accuracy"], "accuracy_low": intervals["accuracy"][0],
-            "accuracy_high": intervals["accuracy"][1], "macro_f1": metrics["macro_f1"],
-            "macro_f1_low": intervals["macro_f1"][0], "macro_f1_high": intervals["macro_f1"][1],
-            "ece": metrics["ece"], "test_events": metrics["test_events"]}
+    numbers = {"accuracy": metrics["accuracy"], "accuracy_low": intervals["accuracy"][0],
+               "accuracy_high": intervals["accuracy"][1], "macro_f1": metrics["macro_f1"],
+               "macro_f1_low": intervals["macro_f1"][0], "macro_f1_high": intervals["macro_f1"][1],
+               "ece": metrics["ece"], "nll": metrics["calibration"]["after"]["nll"]}
+    if ood := metrics.get("ood"):
+        numbers |= {"ood_auroc": ood["auroc"], "ood_false_alarm": ood["false_alarm_rate"]}
+    return numbers | {"test_events": metrics["test_events"]}
+
+
+def ood_event_scores(model_path: Path, folders: list[Path], batch_size: int = 8) -> tuple[dict, list[str]]:
+    """The OOD set through `spectral predict`'s own path (raw media → decode → model), scored like the
+    test split; each event's group is metadata.json's `ood.group`."""
+    from spectral.events import read_metadata
+    from spectral.inference import Predictor
+
+    predictor = Predictor(model_path)
+    scores: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(folders), batch_size):
+        batch = [predictor.prepare(folder) for folder in folders[start:start + batch_size]]
+        frames, audio, sensors, present = predictor.tensors(batch)
+        with torch.no_grad():
+            parts = list(predictor.model.branch_embeddings(frames, audio, sensors))
+        for name, values in ood_scores(predictor.model, parts, present).items():
+            scores.setdefault(name, []).append(values)
+    groups = [read_metadata(folder).get("ood", {}).get("group", "unknown") for folder in folders]
+    return {name: np.concatenate(values) for name, values in scores.items()}, groups
 
 
 def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path: Path, plots_dir: Path,
-             batch_size: int = 32, headline_path: Path | None = None) -> dict:
-    """Score the exported model on the test split; write metrics JSON (and the headline file) and plots."""
+             batch_size: int = 32, headline_path: Path | None = None, ood_dir: Path | None = None) -> dict:
+    """Score the exported model on the test split (and the OOD set when given); write metrics JSON (and
+    the headline file) and plots."""
     model, config = load_model(model_path)
     class_names = config["class_names"]
     data = CachedShardDataModule(embed_dir, sensors_path, batch_size=batch_size)
     data.setup("test")
-    train_parts, _ = branch_outputs(model, data.loader("train"))
+    train_parts, _, _ = branch_outputs(model, data.loader("train"))
     train_means = [p.mean(dim=0, keepdim=True) for p in train_parts]
-    test_parts, labels = branch_outputs(model, data.test_dataloader())
+    test_parts, present, labels = branch_outputs(model, data.test_dataloader())
     if labels.size == 0:
         raise ValueError(f"the test split in {embed_dir} is empty: add events or raise decode.splits.test")
-    probabilities = _probabilities(model, test_parts)
+    draws = bootstrap_draws(labels.size)
+    logits = _logits(model, test_parts, present)
+    temperature = float(model.temperature)
+    probabilities = _softmax(logits / temperature)
     metrics = classification_metrics(probabilities, labels, class_names)
     preds = probabilities.argmax(axis=1)
     metrics["intervals"] = bootstrap_intervals(preds, labels, len(class_names))
-    metrics["ablation"] = ablation_table(model, test_parts, train_means, labels, class_names)
+    metrics["calibration"] = calibration_table(logits, labels, temperature, draws)
+    if ood_dir is not None:
+        from spectral.events import find_event_folders
+
+        ood, groups = ood_event_scores(model_path, find_event_folders(ood_dir))
+        metrics["ood"] = ood_table(ood_scores(model, test_parts, present), ood, groups, draws)
+    metrics["ablation"] = ablation_table(model, test_parts, present, train_means, labels, class_names, draws)
     metrics["test_events"] = int(labels.size)
     metrics["left_out"] = [row for row in data.left_out() if row["split"] == "test"]
     for row in metrics["left_out"]:
@@ -230,9 +375,10 @@ def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path
         writer.writerows([event, class_names[a], class_names[p], f"{row.max():.6f}", *(f"{v:.6f}" for v in row)]
                          for event, a, p, row in zip(events, labels, preds, probabilities, strict=True))
     with open(plots_dir / "reliability.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["bin_confidence", "accuracy", "count"])
+        writer = csv.DictWriter(f, fieldnames=["calibration", "bin_confidence", "accuracy", "count"])
         writer.writeheader()
-        writer.writerows(metrics["reliability"])
+        writer.writerows({"calibration": name, **row} for name in ("before", "after")
+                         for row in metrics["calibration"][name]["reliability"])
     _plot_confusion(metrics["confusion_matrix"], class_names, plots_dir / "confusion_matrix.png")
-    _plot_reliability(metrics["reliability"], metrics["ece"], plots_dir / "reliability.png")
+    _plot_reliability(metrics["calibration"], plots_dir / "reliability.png")
     return metrics

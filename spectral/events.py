@@ -147,6 +147,25 @@ def read_metadata(folder: Path) -> dict:
     return metadata
 
 
+def check_file(folder: Path, file: str) -> Path:
+    """folder/file, or MissingFileError when it is absent or empty (a phone that never started a recorder)."""
+    path = Path(folder) / file
+    if not path.is_file():
+        raise MissingFileError(Path(folder).name, file, "file is missing")
+    if path.stat().st_size == 0:
+        raise MissingFileError(Path(folder).name, file, "file is empty")
+    return path
+
+
+MISSING_MODALITY_POLICIES = ("keep", "reject")
+
+
+def check_missing_policy(policy: str) -> str:
+    if policy not in MISSING_MODALITY_POLICIES:
+        raise ValueError(f"missing_modality must be one of {', '.join(MISSING_MODALITY_POLICIES)}, got {policy!r}")
+    return policy
+
+
 def load_event(folder: Path, *, labelled: bool = True, files: tuple[str, ...] = REQUIRED_FILES[1:]) -> Event:
     """Validate an event folder; raise an EventError subclass naming the first problem found.
 
@@ -165,11 +184,7 @@ def load_event(folder: Path, *, labelled: bool = True, files: tuple[str, ...] = 
         raise EventError(folder.name, None, f"folder name must start with {EVENT_PREFIX!r}")
     metadata = read_metadata(folder) if labelled else {}
     for file in files:
-        path = folder / file
-        if not path.is_file():
-            raise MissingFileError(folder.name, file, "file is missing")
-        if path.stat().st_size == 0:
-            raise MissingFileError(folder.name, file, "file is empty")
+        check_file(folder, file)
     if not labelled:
         return Event(folder, None, metadata)
     raw_label = metadata.get("classification")

@@ -1,28 +1,63 @@
-"""`spectral predict`: raw event folders → class + confidence, with the decode stage's own code.
+"""`spectral predict`: raw event folders → class, calibrated confidence and an out-of-distribution flag.
 
-Frames are sampled, resized and stored (the frame cache's encode → decode round trip) exactly as the exported model's
-config says (the same functions the decode stage runs), sensors go through the same feature schema, and the
-whole model (frozen backbone included, built as the embed stage built it) runs on batches
-of events; every feature is per event, so the batch never changes a result. Labels are
-ignored. What had to be repaired or imputed comes back as `warnings`. A bad event yields
-an error object, never a crash of the batch.
+Frames are sampled, resized and stored (the frame cache's encode → decode round trip) exactly as the
+exported model's config says (the same functions the decode stage runs), sensors go through the same
+feature schema, and the whole model (frozen backbone included, built as the embed stage built it)
+runs on batches of events; every feature is per event, so the batch never changes a result. Labels
+are ignored. A modality whose file is missing, empty or undecodable is absent, not an error: the
+model classifies from the others and the result says which were missing and why. An event with no
+readable modality, or a malformed folder, yields an error object, never a crash of the batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from spectral.decode import decode_event
-from spectral.events import SENSORS_FILE, EventError, display_name
+from spectral.decode import media_warnings
+from spectral.events import AUDIO_FILE, SENSORS_FILE, VIDEO_FILE, EventError, display_name, load_event
 from spectral.features.sensors import missing_features, sensor_features
 from spectral.frames import stored_frames
-from spectral.io.audio import from_pcm16
+from spectral.io.audio import load_audio
+from spectral.io.video import load_video
 from spectral.models.artifact import load_model
 from spectral.models.fusion import SpectralFusionModel
+from spectral.models.modalities import MODALITIES
+
+FILES = dict(zip(MODALITIES, (VIDEO_FILE, AUDIO_FILE, SENSORS_FILE), strict=True))
+
+
+@dataclass
+class PreparedEvent:
+    """One event's model inputs; None where the modality is absent, with the reason in `missing`."""
+
+    name: str
+    frames: np.ndarray | None = None
+    waveform: np.ndarray | None = None
+    sensors: np.ndarray | None = None
+    missing: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class AbsentFileError(Exception):
+    """A modality's file is not there or holds no bytes."""
+
+
+def _readable(folder: Path, modality: str) -> Path:
+    path = folder / FILES[modality]
+    if not path.is_file():
+        raise AbsentFileError(f"{FILES[modality]} is missing")
+    if path.stat().st_size == 0:
+        raise AbsentFileError(f"{FILES[modality]} is empty")
+    return path
+
+
+def _reason(modality: str, err: Exception) -> str:
+    return str(err) if isinstance(err, AbsentFileError) else f"cannot decode {FILES[modality]}: {err}"
 
 
 class Predictor:
@@ -35,46 +70,75 @@ class Predictor:
         self.model.to(self.device)
         self.class_names: list[str] = self.config["class_names"]
 
-    def _prepare(self, folder: Path) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], list[str]]:
-        """(frames, waveform, sensor features), and the warnings of what was repaired or imputed."""
-        video = self.config["video"]
-        sample = decode_event(folder, video["num_frames"], video["size"], video["backend"], video["interpolation"])
+    def prepare(self, folder: Path) -> PreparedEvent:
+        """Decode what the folder has; raises EventError only when no modality is usable."""
+        folder = Path(folder)
+        load_event(folder, labelled=False, files=())  # the folder itself: exists, name is usable
+        event = PreparedEvent(folder.name)
+        video, audio = self.config["video"], self.config["audio"]
+        video_info = audio_info = None
         try:
-            sensors = sensor_features(folder / SENSORS_FILE)
+            frames, video_info = load_video(str(_readable(folder, "video")), video["num_frames"], video["size"],
+                                            video["backend"], video["interpolation"])
+            # the shard round trip training saw (lossless h264 by default)
+            frame_format = video.get("frame_format", "npy")
+            quality = video["jpeg_quality"] if frame_format == "jpeg" else 95  # recorded as null for h264/npy
+            event.frames = stored_frames(frames, frame_format, quality)
+        except Exception as err:  # any decoder failure is a property of this file: the modality is absent
+            event.missing["video"] = _reason("video", err)
+        try:
+            event.waveform, audio_info = load_audio(str(_readable(folder, "audio")), length=audio["samples"])
         except Exception as err:
-            raise EventError(folder.name, SENSORS_FILE, f"cannot read sensors: {err}") from None
-        warnings = list(sample["json"]["warnings"])
-        if imputed := missing_features(sensors):
-            warnings.append(f"sensors: imputed {', '.join(imputed)}")
-        # the shard round trip training saw (lossless h264 by default); models from before the cache saw raw frames
-        frame_format = video.get("frame_format", "npy")
-        quality = video["jpeg_quality"] if frame_format == "jpeg" else 95  # recorded as null for h264/npy
-        frames = stored_frames(sample["frames.npy"], frame_format, quality)
-        return (frames, from_pcm16(sample["audio.npy"]), sensors.astype(np.float32)), warnings
+            event.missing["audio"] = _reason("audio", err)
+        try:
+            event.sensors = sensor_features(_readable(folder, "sensors")).astype(np.float32)
+        except Exception as err:
+            event.missing["sensors"] = _reason("sensors", err)
+        if len(event.missing) == len(MODALITIES):
+            raise EventError(folder.name, None, "no modality could be read: " +
+                             "; ".join(f"{m}: {why}" for m, why in event.missing.items()))
+        event.warnings = media_warnings(video_info, audio_info)
+        if event.sensors is not None and (imputed := missing_features(event.sensors)):
+            event.warnings.append(f"sensors: imputed {', '.join(imputed)}")
+        return event
+
+    def tensors(self, events: list[PreparedEvent]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(frames, waveforms, sensors, present) for a batch; absent inputs are zeros (NaN sensors) and
+        masked, so they never reach the fusion MLP."""
+        video = self.config["video"]
+        no_frames = np.zeros((video["num_frames"], video["size"], video["size"], 3), np.uint8)
+        no_audio = np.zeros(self.config["audio"]["samples"], np.float32)
+        no_sensors = np.full(len(self.config["sensor_features"]), np.nan, np.float32)
+        frames = np.stack([no_frames if e.frames is None else e.frames for e in events])
+        audio = np.stack([no_audio if e.waveform is None else e.waveform for e in events])
+        sensors = np.stack([no_sensors if e.sensors is None else e.sensors for e in events])
+        present = np.array([[m not in e.missing for m in MODALITIES] for e in events])
+        return tuple(torch.from_numpy(a).to(self.device) for a in (frames, audio, sensors, present))
 
     @torch.inference_mode()
-    def _run(self, pending: list[tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray], list[str]]]) -> Iterator[dict]:
-        """Predictions for (name, inputs, warnings) triples, one batch."""
-        names, inputs, warnings = zip(*pending, strict=True)
-        frames, audio, sensors = (torch.from_numpy(np.stack(parts)).to(self.device)
-                                  for parts in zip(*inputs, strict=True))
-        indices, confidences, probabilities = self.model.predict(frames, audio, sensors)
-        for name, index, confidence, probs, notes in zip(names, indices.tolist(), confidences.tolist(),
-                                                         probabilities.tolist(), warnings, strict=True):
+    def _run(self, pending: list[PreparedEvent]) -> Iterator[dict]:
+        """Predictions for one batch of prepared events."""
+        out = self.model.predict(*self.tensors(pending))
+        for i, event in enumerate(pending):
             yield {
-                "event": name,
-                "class": self.class_names[index],
-                "confidence": round(confidence, 6),
-                "probabilities": {c: round(p, 6) for c, p in zip(self.class_names, probs, strict=True)},
-                "warnings": notes,
+                "event": event.name,
+                "class": self.class_names[int(out["index"][i])],
+                "confidence": round(float(out["confidence"][i]), 6),
+                "probabilities": {c: round(float(p), 6)
+                                  for c, p in zip(self.class_names, out["probabilities"][i].tolist(), strict=True)},
+                "missing": [m for m in MODALITIES if m in event.missing],
+                "missing_reasons": event.missing,
+                "ood_score": round(float(out["ood_score"][i]), 4),
+                "in_distribution": bool(out["in_distribution"][i]),
+                "warnings": event.warnings,
             }
 
     def predict(self, folders: list[Path], batch_size: int = 8) -> Iterator[dict]:
         """One result per folder, in order: a prediction or {"event", "error"}."""
-        pending: list[tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray], list[str]]] = []
+        pending: list[PreparedEvent] = []
         for folder in map(Path, folders):
             try:
-                pending.append((folder.name, *self._prepare(folder)))
+                pending.append(self.prepare(folder))
             except Exception as err:  # reported per event; the rest of the batch goes on
                 # flush what is pending first, so results keep the input order
                 if pending:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,8 @@ from spectral.lifecycle import reclaim_sigterm
 from spectral.models.artifact import export_model
 from spectral.models.backbone import BackboneInfo, FrameEncoder, create_backbone
 from spectral.models.fusion import SpectralFusionModel
+from spectral.models.modalities import MODALITIES
+from spectral.posthoc import fit_posthoc
 from spectral.provenance import code_revision, params_digest
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,20 @@ class TrainConfig:
     precision: str = "auto"       # auto: bf16-mixed where the hardware has native bf16, else 32-true (CPU)
     num_workers: int = 0
     logger: str = "dvclive"       # dvclive | wandb | none; a CSV log is always written
+    # per modality, the chance a training event's branch is replaced by the learned "absent" embedding
+    modality_dropout: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MODALITIES, 0.0))
+
+    def __post_init__(self) -> None:
+        rates = self.modality_dropout
+        if set(rates) != set(MODALITIES) or not all(0.0 <= float(r) < 1.0 for r in rates.values()):
+            raise ValueError(f"train.modality_dropout needs a rate in [0, 1) for each of {', '.join(MODALITIES)}, "
+                             f"got {rates}")
+
+
+def drop_modalities(present: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
+    """Switch each present modality off with its rate; an event left with none keeps its own mask."""
+    kept = present & (torch.rand(present.shape, device=present.device) >= rates)
+    return torch.where(kept.any(dim=1, keepdim=True), kept, present)
 
 
 class SpectralLightningModule(pl.LightningModule):
@@ -68,12 +84,14 @@ class SpectralLightningModule(pl.LightningModule):
 
     def __init__(self, num_sensor_features: int, video_dim: int, num_classes: int = len(CLASS_NAMES),
                  lr: float = 1e-3, weight_decay: float = 1e-4, lr_factor: float = 0.5, lr_patience: int = 5,
-                 class_weights: list[float] | None = None) -> None:
+                 class_weights: list[float] | None = None, modality_dropout: dict[str, float] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = SpectralFusionModel(num_sensor_features, num_classes, video_dim)
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.criterion = nn.CrossEntropyLoss(weight=weight)
+        rates = [float((modality_dropout or {}).get(m, 0.0)) for m in MODALITIES]
+        self.register_buffer("dropout_rates", torch.tensor(rates), persistent=False)
         self.losses = nn.ModuleDict({f"{split}_loss": MeanMetric() for split in ("train", "val", "test")})
         self.metrics = nn.ModuleDict({
             f"{split}_{name}": metric
@@ -82,12 +100,15 @@ class SpectralLightningModule(pl.LightningModule):
                                  ("f1", MulticlassF1Score(num_classes, average="macro")))
         })
 
-    def forward(self, video: torch.Tensor, audio: torch.Tensor, sensors: torch.Tensor) -> torch.Tensor:
-        return self.model(video, audio, sensors)
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, sensors: torch.Tensor,
+                present: torch.Tensor) -> torch.Tensor:
+        return self.model(video, audio, sensors, present)
 
     def _step(self, batch, split: str) -> torch.Tensor:
-        video, audio, sensors, labels = batch
-        logits = self(video, audio, sensors)
+        video, audio, sensors, present, labels = batch
+        if split == "train":
+            present = drop_modalities(present, self.dropout_rates)
+        logits = self(video, audio, sensors, present)
         loss = self.criterion(logits, labels)
         preds = logits.argmax(dim=1)
         # Logged loss: sum(w_y * CE) / sum(w_y) over the events seen, which no batching or rank split
@@ -189,7 +210,8 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
     class_weights = inverse_frequency_weights(labels, len(CLASS_NAMES), cfg.class_weights)
     module = SpectralLightningModule(len(SENSOR_FEATURES), info.embedding_dim, lr=cfg.lr,
                                      weight_decay=cfg.weight_decay, lr_factor=cfg.lr_factor,
-                                     lr_patience=cfg.lr_patience, class_weights=class_weights)
+                                     lr_patience=cfg.lr_patience, class_weights=class_weights,
+                                     modality_dropout=cfg.modality_dropout)
     module.model.sensors.set_statistics(*data.train_sensor_statistics())
     precision = lightning_precision(cfg.precision, cfg.accelerator)
     checkpoint = ModelCheckpoint(dirpath=str(checkpoints), filename="spectral-{epoch:02d}-{val_loss:.3f}",
@@ -215,6 +237,7 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
         return None
     best_epoch = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)["epoch"]
     best = SpectralLightningModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu")
+    posthoc = fit_posthoc(best.model, data.loader("train", ranks=(1, 0)), data.loader("val", ranks=(1, 0)))
     backbone, live_info = create_backbone(info.name, weights)
     if live_info.weights_sha256 != info.weights_sha256:
         raise RuntimeError(f"video.weights={weights!r} resolves to {live_info.weights} (sha256 "
@@ -225,7 +248,7 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
         "embedding_precision": manifest["precision"],
         "embedding_channels_last": manifest["channels_last"],
         "video": manifest["video"],
-        "audio": {"sample_rate": 44_100, "samples": 220_500},
+        "audio": manifest["audio"],
         "sensor_features": list(SENSOR_FEATURES),
         "class_names": list(CLASS_NAMES),
         "class_weights": class_weights,
@@ -250,7 +273,11 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
         "train_class_counts": np.bincount(labels, minlength=len(CLASS_NAMES)).tolist(),
         "class_weights": class_weights,
         "train_precision": precision,
+        "posthoc": posthoc,
         "left_out": left_out,
+        # kept with a modality masked (missing_modality: keep), per split and modality
+        "missing_modalities": {split: {m: len(names) for m, names in data.missing_modalities(split).items()}
+                               for split in ("train", "val", "test")},
         "provenance": config["provenance"],
         "model_bytes": size,
     }

@@ -2,6 +2,7 @@ import hashlib
 import json
 import shutil
 import tarfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -55,6 +56,30 @@ def test_every_event_is_accounted_for_with_a_reason(messy_events, tmp_path):
     assert reasons["event_emptyaudio"] == "event_emptyaudio/audio.wav: file is empty"
     assert "must start with 'event_'" in reasons["notes"]
     assert report["seconds"] > 0 and "seconds" not in saved
+
+
+def test_keep_mode_keeps_events_missing_video_or_audio_and_names_what_is_missing(messy_events, tmp_path):
+    """missing_modality: keep — the same messy folder: an event with at least one of video and audio comes
+    through without the other (no member for it), listed under `incomplete` with the reason; one with
+    neither is still rejected; events that have both are byte-identical to reject mode's."""
+    both_missing = messy_events / "event_truncated"
+    (both_missing / "audio.wav").unlink()
+    report = run_decode(messy_events, tmp_path / "keep", replace(CFG, missing_modality="keep"))
+    assert report["incomplete"] == {"event_badaudio": ["audio"], "event_emptyaudio": ["audio"],
+                                    "event_novideo": ["video"]}
+    reasons = {r["event"]: r["reason"] for r in report["rejected"]}
+    assert reasons["event_truncated"].startswith("event_truncated: neither video nor audio decodes")
+    samples = {event_name(s["__key__"]): s for p in sorted((tmp_path / "keep").glob("*.tar"))
+               for s in read_samples([p])}
+    assert "audio.npy" not in samples["event_emptyaudio"] and "frames.npy" in samples["event_emptyaudio"]
+    assert "frames.npy" not in samples["event_novideo"] and "audio.npy" in samples["event_novideo"]
+    assert samples["event_novideo"]["json"]["missing"] == {"video": "event_novideo/video.mp4: file is missing"}
+    rejecting = run_decode(messy_events, tmp_path / "reject", CFG)
+    reference = {event_name(s["__key__"]): s for p in sorted((tmp_path / "reject").glob("*.tar"))
+                 for s in read_samples([p])}
+    for name in rejecting["accepted"]:
+        np.testing.assert_array_equal(samples[name]["frames.npy"], reference[name]["frames.npy"])
+        np.testing.assert_array_equal(samples[name]["audio.npy"], reference[name]["audio.npy"])
 
 
 def test_shards_hold_exact_frames_audio_and_no_labels(messy_events, tmp_path):

@@ -70,7 +70,7 @@ def cached_split(embedded, sensor_table, split="test"):
 def test_exported_model_gives_the_best_checkpoints_logits(trained, embedded, sensor_table):
     out, summary = trained
     payload = torch.load(out / "model.pt", weights_only=True)
-    assert payload["format"] == "spectral-model/2"
+    assert payload["format"] == "spectral-model/3"
     model, config = load_model(out / "model.pt")
     assert config["class_names"][3] == "Forma_Humanoide_Potencial" and len(config["sensor_features"]) == 15
     assert config["backbone"]["weights"].startswith("packaged:") and config["video"]["num_frames"] == 4
@@ -78,7 +78,10 @@ def test_exported_model_gives_the_best_checkpoints_logits(trained, embedded, sen
                                                         map_location="cpu").eval()
     _, video, audio, sensors, _ = cached_split(embedded, sensor_table, "val")
     with torch.no_grad():
-        torch.testing.assert_close(model(video, audio, sensors), best(video, audio, sensors), rtol=0, atol=0)
+        torch.testing.assert_close(model(video, audio, sensors), best.model(video, audio, sensors), rtol=0, atol=0)
+    fitted = summary["posthoc"]
+    assert float(model.temperature) == pytest.approx(fitted["temperature"], abs=1e-4) and bool(model.ood.fitted)
+    assert torch.isfinite(model.ood.threshold).all() and len(fitted["ood_thresholds"]) == 7
     provenance = config["provenance"]
     assert len(provenance["embeddings_sha256"]) == 64 and len(provenance["sensors_sha256"]) == 64
     assert len(provenance["code"]["code_sha256"]) == 64 and provenance == summary["provenance"]
@@ -104,9 +107,13 @@ def test_predict_schema_and_error_object_for_a_corrupt_event(trained, tiny_event
     assert [r["event"] for r in results] == ["event_00000", "event_broken", "event_00001", "event_missing",
                                              "event_relabelled"]
     ok = results[0]
-    assert set(ok) == {"event", "class", "confidence", "probabilities", "warnings"}
+    assert set(ok) == {"event", "class", "confidence", "probabilities", "missing", "missing_reasons", "ood_score",
+                       "in_distribution", "warnings"}
     assert abs(sum(ok["probabilities"].values()) - 1) < 1e-4 and ok["confidence"] == max(ok["probabilities"].values())
-    assert results[1]["error"].startswith("event_broken/video.mp4: cannot decode video")
+    assert ok["missing"] == [] and isinstance(ok["in_distribution"], bool) and ok["ood_score"] >= 0
+    # an undecodable video is an absent modality: classified from audio and sensors, with the reason
+    assert results[1]["missing"] == ["video"] and results[1]["class"] in results[1]["probabilities"]
+    assert results[1]["missing_reasons"]["video"].startswith("cannot decode video.mp4")
     assert "does not exist" in results[3]["error"]
     assert results[4]["probabilities"] == results[2]["probabilities"]  # labels are ignored entirely
 
@@ -129,8 +136,7 @@ def test_predict_on_raw_events_agrees_with_evaluate(trained, tiny_events, embedd
     # the tiny test split is small: the validation events, through the same cached path, too
     model, _ = load_model(out / "model.pt")
     names, video, audio, sensors, _ = cached_split(embedded, sensor_table, "val")
-    with torch.no_grad():
-        cached = torch.softmax(model(video, audio, sensors), dim=1)
+    cached = model.predict(video, audio, sensors)["probabilities"]
     raw = torch.tensor([list(r["probabilities"].values())
                         for r in predictor.predict([tiny_events / n for n in names], batch_size=3)])
     assert raw.argmax(dim=1).tolist() == cached.argmax(dim=1).tolist() and len(names) > 1
@@ -149,8 +155,7 @@ def test_predict_sees_phone_video_upright(trained, tiny_events, tmp_path, degree
         folder = tmp_path / name
         shutil.copytree(tiny_events / "event_00001", folder)
         write_rotated_video(folder / "video.mp4", rotation, n_frames=8, upright=upright)
-        (frames, _, _), _ = predictor._prepare(folder)
-        clips[name] = frames.astype(int)
+        clips[name] = predictor.prepare(folder).frames.astype(int)
     assert np.abs(clips["event_upright"] - clips["event_phone"]).mean() < 3
     assert clips["event_phone"][:, :40, :40].mean() > 200  # the marker is top-left, as a player shows it
     first, second = predictor.predict([tmp_path / "event_upright", tmp_path / "event_phone"])
@@ -204,7 +209,9 @@ def test_a_zoo_of_user_recordings_goes_through_decode_embed_and_predict(trained,
 
     results = {r["event"]: r for r in Predictor(out / "model.pt").predict(sorted(zoo.iterdir()), batch_size=2)}
     assert set(results) == set(specs)
-    assert results["event_cortado"]["error"].startswith("event_cortado/video.mp4: cannot decode video")
+    # decode rejects the truncated clip; predict classifies the event from its audio and sensors and says so
+    assert results["event_cortado"]["missing"] == ["video"]
+    assert results["event_cortado"]["missing_reasons"]["video"].startswith("cannot decode video.mp4")
     for name in samples:
         assert results[name]["class"] in results[name]["probabilities"], name
     assert results["event_x.270"]["warnings"] == ["audio: 5 sample(s) held NaN/inf and were replaced"]
@@ -215,8 +222,8 @@ def test_a_zoo_of_user_recordings_goes_through_decode_embed_and_predict(trained,
 def test_evaluate_writes_metrics_ablation_and_plots(trained, embedded, sensor_table, tmp_path):
     out, _ = trained
     metrics = evaluate(out / "model.pt", embedded, sensor_table, tmp_path / "m.json", tmp_path / "plots")
-    assert set(metrics["ablation"]) == {"all", "without_video", "without_audio", "without_sensors",
-                                        "only_video", "only_audio", "only_sensors"}
+    patterns = ["without video", "without audio", "without sensors", "only video", "only audio", "only sensors"]
+    assert sorted(metrics["ablation"]) == sorted(["all", *patterns, *(f"{p} (training mean)" for p in patterns)])
     # the same numbers from the shards read directly, not through evaluation's data module and branches
     model, _ = load_model(out / "model.pt")
     _, video, audio, sensors, labels = cached_split(embedded, sensor_table)
@@ -303,10 +310,10 @@ def test_ddp_on_two_cpu_processes_with_uneven_shards_matches_one_process(tiny_ev
         tmp_path / "models" / "checkpoints" / summary["best_checkpoint"], map_location="cpu").eval()
     data = CachedShardDataModule(embedded, sensor_table, batch_size=100)
     data.setup()
-    (video, audio, sensors, labels), = list(data.loader("val"))
-    assert len(labels) == report["per_split"]["val"]
+    (video, audio, sensors, present, labels), = list(data.loader("val"))
+    assert len(labels) == report["per_split"]["val"] and present.all()
     with torch.no_grad():
-        logits = module(video, audio, sensors)
+        logits = module(video, audio, sensors, present)
     weights = module.criterion.weight[labels]
     loss = float((nn.functional.cross_entropy(logits, labels, reduction="none") * weights).sum() / weights.sum())
     predicted = logits.argmax(dim=1)
@@ -326,3 +333,127 @@ def test_every_rank_gets_the_same_number_of_training_batches_and_each_validation
     assert sorted(seen) == sorted(val) and len(val) == 2
     with pytest.raises(ValueError, match="the val split has 2 event"):
         data.loader("val", ranks=(3, 0))
+
+
+def test_predict_classifies_events_with_missing_modalities_and_says_which(trained, tiny_events, tmp_path):
+    """No audio.wav, an empty one, an undecodable one, no sensors.csv, only sensors: a class, probabilities,
+    `missing` with the reason, the OOD score and flag. Nothing readable at all is an error object."""
+    out, _ = trained
+    source = tiny_events / "event_00000"
+
+    def event(name, drop=(), empty=(), garbage=()):
+        folder = tmp_path / name
+        shutil.copytree(source, folder)
+        for file in drop:
+            (folder / file).unlink()
+        for file in empty:
+            (folder / file).write_bytes(b"")
+        for file in garbage:
+            (folder / file).write_bytes(b"RIFF\x00\x00garbage" * 10)
+        return folder
+
+    folders = [event("event_no_audio", drop=["audio.wav"]), event("event_empty_audio", empty=["audio.wav"]),
+               event("event_bad_audio", garbage=["audio.wav"]), event("event_no_sensors", drop=["sensors.csv"]),
+               event("event_only_sensors", drop=["audio.wav", "video.mp4"]),
+               event("event_nothing", drop=["audio.wav", "video.mp4", "sensors.csv"]), source]
+    results = {r["event"]: r for r in Predictor(out / "model.pt").predict(folders, batch_size=3)}
+    expected = {"event_no_audio": (["audio"], "audio.wav is missing"),
+                "event_empty_audio": (["audio"], "audio.wav is empty"),
+                "event_bad_audio": (["audio"], "cannot decode audio.wav"),
+                "event_no_sensors": (["sensors"], "sensors.csv is missing"),
+                "event_only_sensors": (["video", "audio"], "video.mp4 is missing")}
+    for name, (missing, reason) in expected.items():
+        result = results[name]
+        assert result["missing"] == missing, result
+        assert result["missing_reasons"][missing[0]].startswith(reason)
+        assert result["class"] in result["probabilities"] and abs(sum(result["probabilities"].values()) - 1) < 1e-4
+        assert isinstance(result["in_distribution"], bool) and np.isfinite(result["ood_score"])
+    assert results["event_no_audio"]["probabilities"] == results["event_empty_audio"]["probabilities"]
+    assert results["event_no_audio"]["probabilities"] != results["event_00000"]["probabilities"]
+    assert results["event_nothing"]["error"].startswith("event_nothing: no modality could be read")
+
+
+def test_modality_dropout_never_leaves_an_event_without_a_modality():
+    torch.manual_seed(0)
+    present = torch.ones(20_000, 3, dtype=torch.bool)
+    present[::2, 1] = False  # half the events have no audio to begin with
+    dropped = spectral.training.drop_modalities(present, torch.tensor([0.5, 0.5, 0.5]))
+    assert dropped.any(dim=1).all() and not (dropped & ~present).any()
+    # kept: not dropped (0.5), or every modality dropped and the event's own mask restored (0.5^3 / 0.5^2)
+    assert 0.6 < dropped[1::2, 0].float().mean() < 0.65 and 0.72 < dropped[::2, 0].float().mean() < 0.78
+    assert torch.equal(spectral.training.drop_modalities(present, torch.zeros(3)), present)
+    with pytest.raises(ValueError, match="modality_dropout"):
+        TrainConfig(modality_dropout={"video": 0.2})
+
+
+def test_evaluate_scores_an_ood_set_and_writes_the_headline(trained, embedded, sensor_table, tmp_path):
+    from spectral.oodset import generate_ood
+
+    out, _ = trained
+    ood_dir = tmp_path / "ood"
+    generate_ood(ood_dir, 4, seed=0)
+    metrics = evaluate(out / "model.pt", embedded, sensor_table, tmp_path / "m.json", tmp_path / "plots",
+                       headline_path=tmp_path / "headline.json", ood_dir=ood_dir)
+    ood = metrics["ood"]
+    assert ood["ood_events"] == 4 and ood["test_events"] == metrics["test_events"]
+    assert 0 <= ood["auroc"] <= 1 and set(ood["alternatives_auroc"]) == {"max_softmax", "energy"}
+    assert sum(g["events"] for g in ood["groups"].values()) == 4
+    headline = json.loads((tmp_path / "headline.json").read_text())
+    assert headline["ood_auroc"] == ood["auroc"] and headline["nll"] == metrics["calibration"]["after"]["nll"]
+    calibration = metrics["calibration"]
+    assert calibration["after"]["ece"] == metrics["ece"] and calibration["temperature"] > 0
+    with open(tmp_path / "plots" / "reliability.csv", encoding="utf-8") as f:
+        assert {row["calibration"] for row in csv.DictReader(f)} == {"before", "after"}
+
+
+def test_auroc_and_calibration_known_answers():
+    from spectral.evaluation import auroc, bootstrap_draws, calibration_table
+
+    assert auroc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
+    assert auroc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 0.0
+    assert auroc(np.array([1.0, 1.0]), np.array([1.0])) == 0.5
+    logits = np.log(np.array([[0.9, 0.1]] * 10 + [[0.6, 0.4]] * 10))  # 0.9 all right, 0.6: 3 of 10 right
+    labels = np.array([0] * 10 + [0] * 3 + [1] * 7)
+    table = calibration_table(logits, labels, 1.0, bootstrap_draws(20))
+    assert table["before"] == table["after"] and table["before"]["ece"] == pytest.approx(0.2)
+    expected_nll = -(10 * np.log(0.9) + 3 * np.log(0.6) + 7 * np.log(0.4)) / 20
+    assert table["before"]["nll"] == pytest.approx(expected_nll, abs=1e-4)
+    expected_brier = (10 * 2 * 0.1**2 + 3 * 2 * 0.4**2 + 7 * 2 * 0.6**2) / 20
+    assert table["before"]["brier"] == pytest.approx(expected_brier, abs=1e-4)
+
+
+def test_events_kept_without_a_modality_reach_training_masked(tiny_events, tmp_path):
+    """missing_modality: keep through decode, sensors, embed and the data module: an event without audio,
+    one with an undecodable video and one without sensors are trained on with that modality masked
+    (zeros / NaN placeholders, False in the mask), counted in the training summary; reject mode leaves
+    them out with their reasons."""
+    events = tmp_path / "events"
+    shutil.copytree(tiny_events, events)
+    (events / "event_00000" / "audio.wav").unlink()
+    (events / "event_00001" / "video.mp4").write_bytes(b"\x00" * 64)
+    (events / "event_00002" / "sensors.csv").write_bytes(b"")
+    decoded, embedded, table = tmp_path / "decoded", tmp_path / "embedded", tmp_path / "sensors.parquet"
+    splits = {"train": 1.0, "val": 0.0, "test": 0.0}
+    run_decode(events, decoded, DecodeConfig(num_frames=2, size=64, workers=1, splits=splits,
+                                             missing_modality="keep"))
+    sensors_report = run_sensors(events, table, splits, missing_modality="keep")
+    assert sensors_report["incomplete"] == ["event_00002"] and sensors_report["rejected_count"] == 0
+    run_embed(decoded, embedded, EmbedConfig(batch_frames=3, num_workers=0))
+    data = CachedShardDataModule(embedded, table, batch_size=64)
+    data.setup()
+    assert data.missing_modalities("train") == {"video": ["event_00001"], "audio": ["event_00000"],
+                                                "sensors": ["event_00002"]}
+    (video, audio, sensors, present, _), = list(data.loader("train"))
+    names = data.used_events("train")
+    assert len(names) == 16
+    masks = {name: row.tolist() for name, row in zip(names, present, strict=True)}
+    assert masks["event_00000"] == [True, False, True] and masks["event_00001"] == [False, True, True]
+    assert masks["event_00002"] == [True, True, False] and masks["event_00004"] == [True, True, True]
+    row = names.index("event_00000")
+    assert not audio[row].any() and torch.isnan(sensors[names.index("event_00002")]).all()
+    assert not video[names.index("event_00001")].any() and video.shape[1:] == (2, 1280)
+    with torch.no_grad():
+        module = SpectralLightningModule(len(SENSOR_FEATURES), 1280).eval()
+        assert torch.isfinite(module(video, audio, sensors, present)).all()
+    rejecting = run_sensors(events, tmp_path / "reject.parquet", splits)
+    assert [r["event"] for r in rejecting["rejected"]] == ["event_00000", "event_00001", "event_00002"]

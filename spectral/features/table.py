@@ -5,6 +5,9 @@ feature must not re-decode video). It is incremental like decode (spectral.incre
 event whose sensors.csv and the stage's code are unchanged keeps its features from the last
 table; its label and split are read again. Rows are sorted by event name and written in batches,
 so memory does not grow with the number of events and reruns give byte-identical files.
+With `missing_modality: keep` an event whose sensors.csv is missing, empty or unreadable still gets
+its row (label and split, every feature null) with the reason in `sensors_missing`: training masks
+the sensor branch for it.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ from tqdm import tqdm
 from spectral.events import (
     CLASS_NAMES,
     DEFAULT_MAX_REJECTED_FRACTION,
+    REQUIRED_FILES,
     SENSORS_FILE,
     EventError,
     StrictModeError,
+    check_file,
+    check_missing_policy,
     check_rejections,
     display_name,
     find_event_folders,
@@ -35,7 +41,7 @@ from spectral.splits import assign_split
 SCHEMA = pa.schema(
     [("event", pa.string()), ("split", pa.string()), ("label", pa.int8()), ("label_name", pa.string())]
     + [(name, pa.float64()) for name in SENSOR_FEATURES]
-    + [("missing_features", pa.list_(pa.string()))]
+    + [("missing_features", pa.list_(pa.string())), ("sensors_missing", pa.string())]
 )
 BATCH_ROWS = 1024
 
@@ -47,7 +53,13 @@ def _features(folder: Path, name: str) -> dict:
         raise EventError(name, SENSORS_FILE, f"cannot read sensors: {err}") from None
     row = {feature: (None if np.isnan(v) else float(v)) for feature, v in zip(SENSOR_FEATURES, features, strict=True)}
     row["missing_features"] = missing_features(features)
+    row["sensors_missing"] = None
     return row
+
+
+def _absent(reason: str) -> dict:
+    """The row of an event kept without usable sensors: every feature null, and why."""
+    return {**dict.fromkeys(SENSOR_FEATURES), "missing_features": list(SENSOR_FEATURES), "sensors_missing": reason}
 
 
 def _previous_features(out_path: Path, report_path: Path) -> dict[str, tuple[str, dict]]:
@@ -62,7 +74,7 @@ def _previous_features(out_path: Path, report_path: Path) -> dict[str, tuple[str
         table = pq.read_table(out_path)
         if index["table_sha256"] != file_sha256(out_path) or not table.schema.equals(SCHEMA):
             return {}  # another table, or one with other feature columns (the code changed: keys differ anyway)
-        features = [*SENSOR_FEATURES, "missing_features"]
+        features = [*SENSOR_FEATURES, "missing_features", "sensors_missing"]
         return {row["event"]: (index["keys"][row["event"]], {k: row[k] for k in features})
                 for row in table.to_pylist() if row["event"] in index["keys"]}
     except (ValueError, KeyError, TypeError, OSError):
@@ -70,10 +82,11 @@ def _previous_features(out_path: Path, report_path: Path) -> dict[str, tuple[str
 
 
 def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], strict: bool = False,
-                max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION) -> dict:
+                max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION, missing_modality: str = "reject") -> dict:
     """Write the feature table to out_path and `<out_path stem>_report.json` beside it; returns the report.
 
     Fails after writing both when more than `max_rejected_fraction` of the events are rejected."""
+    keep_missing = check_missing_policy(missing_modality) == "keep"
     folders = find_event_folders(events_dir)
     out_path = Path(out_path)
     report_path = out_path.with_name(out_path.stem + "_report.json")
@@ -83,17 +96,24 @@ def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], stri
     reused = 0
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
-    accepted, rejected, batch = [], [], []
+    accepted, rejected, batch, incomplete = [], [], [], []
     missing_counts = dict.fromkeys(SENSOR_FEATURES, 0)
     with pq.ParquetWriter(tmp, SCHEMA, compression="zstd", write_statistics=True) as writer:
         for folder in tqdm(folders, desc="sensors", unit="event"):
             try:
-                event = load_event(folder)
-                key = digest(salt, file_sha256(folder / SENSORS_FILE))
-                if previous.get(event.name, ("",))[0] == key:
-                    features, reused = previous[event.name][1], reused + 1
-                else:
-                    features = _features(folder, event.name)
+                # keep: the other modalities' files are decode's business, this stage needs only the label
+                event = load_event(folder, files=() if keep_missing else REQUIRED_FILES[1:])
+                try:
+                    key = digest(salt, file_sha256(check_file(folder, SENSORS_FILE)))
+                    if previous.get(event.name, ("",))[0] == key:
+                        features, reused = previous[event.name][1], reused + 1
+                    else:
+                        features = _features(folder, event.name)
+                except EventError as err:
+                    if not keep_missing:
+                        raise
+                    key, features = digest(salt, "absent"), _absent(str(err))
+                    incomplete.append(event.name)
             except Exception as err:  # one bad file never stops the run
                 name = display_name(folder.name)
                 reason = str(err) if isinstance(err, EventError) else f"{name}: {type(err).__name__}: {err}"
@@ -126,7 +146,9 @@ def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], stri
         "missing_values": missing_counts,
         "missing_policy": "a feature that cannot be computed is null; the model imputes the training mean and "
                           "adds a missing-indicator input",
+        "missing_modality": missing_modality,
         "accepted": accepted,
+        "incomplete": incomplete,  # kept without usable sensors (missing_modality: keep): the branch is masked
         "rejected": rejected,
         # the reuse index: which sensors.csv content (and code) each row's features came from
         "index": {"table_sha256": file_sha256(out_path), "keys": keys},

@@ -26,6 +26,11 @@ class AudioInfo:
     clipped_samples: int = 0   # source sample frames with a channel at full scale (within one 16-bit step)
 
 
+def audio_samples(seconds: float) -> int:
+    """The audio window in samples at TARGET_RATE: every waveform is trimmed or zero-padded to it."""
+    return int(round(TARGET_RATE * seconds))
+
+
 def fit_length(waveform: np.ndarray, length: int = TARGET_SAMPLES) -> np.ndarray:
     """Trim the tail or zero-pad to exactly `length` samples."""
     if waveform.shape[0] >= length:

@@ -15,7 +15,7 @@ import torch
 from spectral.models.backbone import BackboneInfo, FrameEncoder, rebuild_frame_encoder
 from spectral.models.fusion import SpectralFusionModel
 
-FORMAT = "spectral-model/2"  # 2: encoder memory format and provenance in config; per-example dB floor
+FORMAT = "spectral-model/3"  # 3: absent-modality embeddings, temperature, OOD detector
 
 
 def export_model(model: SpectralFusionModel, frame_encoder: FrameEncoder, config: dict, path: Path) -> int:

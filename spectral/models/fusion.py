@@ -3,6 +3,13 @@
 Training reads cached embeddings (the backbone is frozen, so running it again would only
 cost time); inference may start from raw frames. Both enter the same video branch, so the
 two paths give the same logits up to the embedding cache's fp16 precision.
+
+Every sample carries a presence mask (spectral.models.modalities): a branch whose input is absent
+contributes a learned "absent" embedding instead of its output, so the fusion MLP knows "no
+microphone" from "a quiet room". Training replaces present branches by it at random (modality
+dropout) so that the absent embedding is learned and the model does not lean on one modality.
+The exported model also carries its softmax temperature (fitted on validation) and an
+out-of-distribution detector on the fused features (spectral.models.ood).
 """
 
 from __future__ import annotations
@@ -12,7 +19,11 @@ from torch import nn
 
 from spectral.models.audio import AudioEncoder
 from spectral.models.backbone import FrameEncoder
+from spectral.models.modalities import MODALITIES
+from spectral.models.ood import MahalanobisDetector
 from spectral.models.sensor import SensorEncoder
+
+FUSED_DIM = 128
 
 
 class VideoBranch(nn.Module):
@@ -42,27 +53,47 @@ class SpectralFusionModel(nn.Module):
         self.video = VideoBranch(video_dim, frame_encoder)
         self.audio = AudioEncoder(embedding_dim=256)
         self.sensors = SensorEncoder(num_sensor_features, embedding_dim=64)
-        fused = video_dim + self.audio.embedding_dim + self.sensors.embedding_dim
+        dims = (video_dim, self.audio.embedding_dim, self.sensors.embedding_dim)
+        self.absent = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m, d in zip(MODALITIES, dims, strict=True)})
         self.fusion = nn.Sequential(
-            nn.Linear(fused, 512), nn.ReLU(), nn.Dropout(0.5),
-            nn.Linear(512, 128), nn.ReLU(), nn.Dropout(0.3),
+            nn.Linear(sum(dims), 512), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(512, FUSED_DIM), nn.ReLU(), nn.Dropout(0.3),
         )
-        self.classifier = nn.Linear(128, num_classes)
+        self.classifier = nn.Linear(FUSED_DIM, num_classes)
+        self.register_buffer("temperature", torch.ones(()))  # 1 until spectral.calibration fits it
+        self.ood = MahalanobisDetector(num_classes, FUSED_DIM)
 
     def branch_embeddings(self, video: torch.Tensor, audio: torch.Tensor,
                           sensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.video(video), self.audio(audio), self.sensors(sensors)
 
-    def classify(self, video_emb: torch.Tensor, audio_emb: torch.Tensor, sensor_emb: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.fusion(torch.cat([video_emb, audio_emb, sensor_emb], dim=1)))
+    def fused(self, parts: tuple[torch.Tensor, ...] | list[torch.Tensor], present: torch.Tensor | None) -> torch.Tensor:
+        """[B, 128] penultimate features; absent branches (present[:, i] False) take their learned embedding.
+        torch.where keeps every parameter in the graph, as DDP needs, whatever a batch's mask."""
+        if present is not None:
+            parts = [torch.where(present[:, i:i + 1], part, self.absent[m].to(part.dtype))
+                     for i, (m, part) in enumerate(zip(MODALITIES, parts, strict=True))]
+        return self.fusion(torch.cat(list(parts), dim=1))
 
-    def forward(self, video: torch.Tensor, audio: torch.Tensor, sensors: torch.Tensor) -> torch.Tensor:
-        return self.classify(*self.branch_embeddings(video, audio, sensors))
+    def classify(self, video_emb: torch.Tensor, audio_emb: torch.Tensor, sensor_emb: torch.Tensor,
+                 present: torch.Tensor | None = None) -> torch.Tensor:
+        """Uncalibrated logits from branch embeddings."""
+        return self.classifier(self.fused((video_emb, audio_emb, sensor_emb), present))
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, sensors: torch.Tensor,
+                present: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classify(*self.branch_embeddings(video, audio, sensors), present)
 
     @torch.no_grad()
-    def predict(self, video: torch.Tensor, audio: torch.Tensor,
-                sensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(class indices, confidences, probabilities) with softmax."""
-        probabilities = torch.softmax(self(video, audio, sensors), dim=1)
+    def predict(self, video: torch.Tensor, audio: torch.Tensor, sensors: torch.Tensor,
+                present: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Calibrated softmax (logits / temperature) with class indices and confidences, and the
+        out-of-distribution score and flag."""
+        if present is None:
+            present = torch.ones(video.shape[0], len(MODALITIES), dtype=torch.bool, device=video.device)
+        features = self.fused(self.branch_embeddings(video, audio, sensors), present)
+        probabilities = torch.softmax(self.classifier(features) / self.temperature, dim=1)
         confidence, index = probabilities.max(dim=1)
-        return index, confidence, probabilities
+        scores = self.ood.score(features, present)
+        return {"index": index, "confidence": confidence, "probabilities": probabilities,
+                "ood_score": scores, "in_distribution": self.ood.in_distribution(scores, present)}

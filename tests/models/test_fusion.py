@@ -11,10 +11,25 @@ def test_shapes_match_the_spec():
     assert model.fusion[0].in_features == 1600 and model.fusion[3].out_features == 128
     assert model.classifier.out_features == 4
     assert model.sensors.mlp[0].in_features == 30  # 15 values + 15 missing-indicators
-    index, confidence, probabilities = model.predict(torch.randn(3, 5, 1280), torch.zeros(3, 220_500),
-                                                     torch.randn(3, 15))
-    assert index.shape == (3,) and torch.allclose(probabilities.sum(dim=1), torch.ones(3))
-    assert torch.all(confidence == probabilities.max(dim=1).values)
+    out = model.predict(torch.randn(3, 5, 1280), torch.zeros(3, 220_500), torch.randn(3, 15))
+    assert out["index"].shape == (3,) and torch.allclose(out["probabilities"].sum(dim=1), torch.ones(3))
+    assert torch.all(out["confidence"] == out["probabilities"].max(dim=1).values)
+    assert out["ood_score"].shape == (3,) and out["in_distribution"].dtype == torch.bool
+
+
+def test_an_absent_modality_is_its_learned_embedding_whatever_the_input():
+    torch.manual_seed(0)
+    model = SpectralFusionModel(15).eval()
+    with torch.no_grad():
+        model.absent["audio"].normal_()
+    video, sensors = torch.randn(2, 5, 1280), torch.randn(2, 15)
+    no_audio = torch.tensor([[True, False, True]] * 2)
+    with torch.no_grad():
+        silent = model(video, torch.zeros(2, 220_500), sensors, no_audio)
+        loud = model(video, torch.randn(2, 220_500), sensors, no_audio)
+        present = model(video, torch.randn(2, 220_500), sensors)
+    torch.testing.assert_close(silent, loud, rtol=0, atol=0)
+    assert not torch.allclose(silent, present)
 
 
 def test_log_mel_of_digital_silence_is_finite_and_has_spec_shape():
