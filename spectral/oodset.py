@@ -73,10 +73,13 @@ def _lavfi(source: str, seed: int, frames: int, w: int, h: int, fps: int) -> lis
 
 
 def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
-    with av.open(str(path), "w") as container:
+    """H.264 like a phone's, written single-threaded and bit-exact so a re-run gives the same files."""
+    with av.open(str(path), "w", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libx264", rate=fps, options={"preset": "veryfast", "crf": "23"})
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
+        stream.codec_context.thread_count = 1
+        stream.codec_context.flags |= av.codec.context.Flags.bitexact
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)

@@ -24,7 +24,7 @@ from spectral.incremental import CLEAN_RUN_ENV
 from spectral.provenance import git_blob_id
 
 PROJECT = Path(__file__).resolve().parents[1]
-STAGES = ("synth", "decode", "sensors", "embed", "train", "evaluate")
+STAGES = ("synth", "ood", "decode", "sensors", "embed", "train", "evaluate")
 TINY = {
     "synth": {"events": 16, "fps": 10, "duration_s": 2.0, "width": 128, "height": 64, "workers": 2},
     "splits": {"train": 0.6, "val": 0.2, "test": 0.2},
@@ -32,6 +32,7 @@ TINY = {
     "decode": {"workers": 2},  # exercises the spawned worker pools under dvc
     "embed": {"batch_frames": 8},  # several batches, so the kill test can catch embed mid-write
     "train": {"max_epochs": 2, "batch_size": 4},
+    "ood": {"events": 3},
 }
 
 
@@ -106,10 +107,12 @@ def test_full_repro_produces_every_output(repo):
                  "models/model.pt", "metrics/evaluate.json", "plots/confusion_matrix.png", "dvclive/metrics.json"):
         assert (repo / path).is_file(), path
     assert "accuracy" in dvc(repo, "metrics", "show")
-    assert "macro-F1" in spectral_cli(repo, "report", "metrics/evaluate.json")
+    report = spectral_cli(repo, "report", "metrics/evaluate.json")
+    assert "macro-F1" in report and "out-of-distribution" in report and "temperature" in report
     lines = spectral_cli(repo, "predict", "data/demo_events/event_00000", "--model", "models/model.pt").splitlines()
     result = json.loads(lines[-1])
     assert result["event"] == "event_00000" and result["class"] in result["probabilities"]
+    assert result["missing"] == [] and "in_distribution" in result
 
 
 def test_editing_code_used_only_downstream_reruns_the_stages_that_run_it(repo):

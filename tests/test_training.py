@@ -456,4 +456,6 @@ def test_events_kept_without_a_modality_reach_training_masked(tiny_events, tmp_p
         module = SpectralLightningModule(len(SENSOR_FEATURES), 1280).eval()
         assert torch.isfinite(module(video, audio, sensors, present)).all()
     rejecting = run_sensors(events, tmp_path / "reject.parquet", splits)
-    assert [r["event"] for r in rejecting["rejected"]] == ["event_00000", "event_00001", "event_00002"]
+    # reject mode: sensors rejects what it can see (a missing audio.wav, an empty sensors.csv); the
+    # undecodable video is decode's rejection
+    assert [r["event"] for r in rejecting["rejected"]] == ["event_00000", "event_00002"]
