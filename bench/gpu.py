@@ -93,7 +93,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
         (cwd / "params.yaml").write_text((PROJECT / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
-        set_params(cwd, {"synth": {"events": args.events, "workers": cores},
+        set_params(cwd, {"synth": {"events": args.events, "workers": cores, "duration_s": 5.0},  # the spec's 5 s
+                         "audio": {"seconds": 5.0},
                          "video": {"num_frames": args.frames},
                          "decode": {"workers": cores},
                          "embed": {"device": device, "precision": "bf16", "channels_last": True,

@@ -16,7 +16,7 @@ def main() -> None:
                     weights=params["video"]["weights"])
     if summary is None:  # a DDP rank other than 0: rank 0 exports and reports
         return
-    print(f"train: best val_loss {summary['best_val_loss']:.4f} after {summary['epochs_run']} epochs; "
+    print(f"train: best {summary['monitor']} {summary['best_monitored']:.4f} after {summary['epochs_run']} epochs; "
           f"model {summary['model_bytes'] / 1e6:.1f} MB")
 
 

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from spectral.data import CachedShardDataModule  # noqa: E402
 from spectral.models.artifact import load_model  # noqa: E402
 from spectral.models.fusion import SpectralFusionModel  # noqa: E402
-from spectral.models.modalities import describe, presence_patterns  # noqa: E402
+from spectral.models.modalities import MODALITIES, describe, presence_patterns  # noqa: E402
 from spectral.posthoc import branch_outputs, pattern_mask  # noqa: E402
 
 MIN_EVENTS_PER_BIN = 10
@@ -284,6 +284,9 @@ def format_report(metrics: dict) -> str:
         for group, row in ood["groups"].items():
             lines.append(f"  {group:<44} n={row['events']:<4} AUROC {row['auroc']:.3f}  "
                          f"flagged {row['detection_rate']:.0%}")
+        for modality, row in ood.get("one_modality_ood", {}).items():
+            lines.append(f"  {'test events with only their ' + modality + ' from the OOD set':<51} AUROC "
+                         f"{row['auroc']:.3f}  flagged {row['detection_rate']:.0%}")
     header = "modalities (missing = learned absent embedding" if calibration else "ablation (missing = training mean"
     lines += ["", f"{header + ')':<48}{'accuracy':>9}{'macro-F1':>10}{'F1 drop [95 %]':>22}"]
     for name, row in metrics["ablation"].items():
@@ -305,23 +308,42 @@ def headline(metrics: dict) -> dict:
     return numbers | {"test_events": metrics["test_events"]}
 
 
-def ood_event_scores(model_path: Path, folders: list[Path], batch_size: int = 8) -> tuple[dict, list[str]]:
-    """The OOD set through `spectral predict`'s own path (raw media → decode → model), scored like the
-    test split; each event's group is metadata.json's `ood.group`."""
+def ood_event_parts(model: SpectralFusionModel, model_path: Path, folders: list[Path],
+                    batch_size: int = 8) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
+    """Branch embeddings of the OOD set through `spectral predict`'s own path (raw media → decode → model),
+    their presence masks, and each event's group (metadata.json's `ood.group`)."""
     from spectral.events import read_metadata
     from spectral.inference import Predictor
 
     predictor = Predictor(model_path)
-    scores: dict[str, list[np.ndarray]] = {}
+    parts: list[list[torch.Tensor]] = [[], [], []]
+    masks = []
     for start in range(0, len(folders), batch_size):
         batch = [predictor.prepare(folder) for folder in folders[start:start + batch_size]]
         frames, audio, sensors, present = predictor.tensors(batch)
         with torch.no_grad():
-            parts = list(predictor.model.branch_embeddings(frames, audio, sensors))
-        for name, values in ood_scores(predictor.model, parts, present).items():
-            scores.setdefault(name, []).append(values)
+            for store, emb in zip(parts, model.branch_embeddings(frames, audio, sensors), strict=True):
+                store.append(emb)
+        masks.append(present)
     groups = [read_metadata(folder).get("ood", {}).get("group", "unknown") for folder in folders]
-    return {name: np.concatenate(values) for name, values in scores.items()}, groups
+    return [torch.cat(p) for p in parts], torch.cat(masks), groups
+
+
+def one_modality_ood(model: SpectralFusionModel, test_parts: list[torch.Tensor], test_present: torch.Tensor,
+                     ood_parts: list[torch.Tensor], test_scores: np.ndarray) -> dict:
+    """Events unfamiliar in one modality only: test event i with its branch m replaced by OOD event i's
+    (cycling through the OOD set), the others left as recorded. AUROC against the test split and the
+    share flagged, per modality: which branches the flag actually listens to."""
+    n = test_present.shape[0]
+    pick = torch.arange(n) % ood_parts[0].shape[0]
+    table = {}
+    for i, modality in enumerate(MODALITIES):
+        hybrid = [ood[pick] if j == i else part
+                  for j, (part, ood) in enumerate(zip(test_parts, ood_parts, strict=True))]
+        scores = ood_scores(model, hybrid, test_present)
+        table[modality] = {"auroc": round(auroc(test_scores, scores["mahalanobis"]), 4),
+                           "detection_rate": round(float(1 - scores["in_distribution"].mean()), 4)}
+    return table
 
 
 def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path: Path, plots_dir: Path,
@@ -348,8 +370,11 @@ def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path
     if ood_dir is not None:
         from spectral.events import find_event_folders
 
-        ood, groups = ood_event_scores(model_path, find_event_folders(ood_dir))
-        metrics["ood"] = ood_table(ood_scores(model, test_parts, present), ood, groups, draws)
+        ood_parts, ood_present, groups = ood_event_parts(model, model_path, find_event_folders(ood_dir))
+        test_scores = ood_scores(model, test_parts, present)
+        metrics["ood"] = ood_table(test_scores, ood_scores(model, ood_parts, ood_present), groups, draws)
+        metrics["ood"]["one_modality_ood"] = one_modality_ood(model, test_parts, present, ood_parts,
+                                                              test_scores["mahalanobis"])
     metrics["ablation"] = ablation_table(model, test_parts, present, train_means, labels, class_names, draws)
     metrics["test_events"] = int(labels.size)
     metrics["left_out"] = [row for row in data.left_out() if row["split"] == "test"]

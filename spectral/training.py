@@ -1,8 +1,10 @@
 """Lightning training of the fusion model on the cached shards, and export of the best checkpoint.
 
-The recipe is the spec's (AdamW, ReduceLROnPlateau on val_loss, top-3 checkpoints,
+The recipe is the spec's (AdamW, ReduceLROnPlateau on a validation loss, top-3 checkpoints,
 early stopping); everything about the loop (devices, precision, DDP) stays in the
 Trainer, so moving from this CPU to eight GPUs is a params change (`train.devices`).
+With modality dropout, `train.monitor: val_robust_loss` selects on the validation events as
+recorded and with each modality in turn absent: the model is meant for both.
 
 Under DDP every epoch-level value is a torchmetrics state summed over the ranks before it
 is computed (loss included, as a weighted mean), so the LR scheduler, early stopping and
@@ -63,20 +65,40 @@ class TrainConfig:
     precision: str = "auto"       # auto: bf16-mixed where the hardware has native bf16, else 32-true (CPU)
     num_workers: int = 0
     logger: str = "dvclive"       # dvclive | wandb | none; a CSV log is always written
-    # per modality, the chance a training event's branch is replaced by the learned "absent" embedding
+    # per modality, the weight of the event with that modality absent (its learned embedding) in the training
+    # loss; the rest, 1 - the sum, is the event as recorded (spectral.training.dropout_variants)
     modality_dropout: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MODALITIES, 0.0))
+    # what the LR schedule, early stopping and the checkpoint choice minimise: val_loss (all modalities)
+    # or val_robust_loss (its mean with each modality in turn absent)
+    monitor: str = "val_loss"
 
     def __post_init__(self) -> None:
+        if sum(self.modality_dropout.values()) >= 1.0:
+            raise ValueError(f"train.modality_dropout rates must sum to less than 1 (the rest is the events as "
+                             f"recorded), got {self.modality_dropout}")
+        if self.monitor not in ("val_loss", "val_robust_loss"):
+            raise ValueError(f"train.monitor must be val_loss or val_robust_loss, got {self.monitor!r}")
         rates = self.modality_dropout
         if set(rates) != set(MODALITIES) or not all(0.0 <= float(r) < 1.0 for r in rates.values()):
             raise ValueError(f"train.modality_dropout needs a rate in [0, 1) for each of {', '.join(MODALITIES)}, "
                              f"got {rates}")
 
 
-def drop_modalities(present: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
-    """Switch each present modality off with its rate; an event left with none keeps its own mask."""
-    kept = present & (torch.rand(present.shape, device=present.device) >= rates)
+def without_modality(present: torch.Tensor, index: int) -> torch.Tensor:
+    """The mask with one modality switched off; an event that had only that one keeps its own mask."""
+    kept = present & (torch.arange(present.shape[1], device=present.device) != index)
     return torch.where(kept.any(dim=1, keepdim=True), kept, present)
+
+
+def dropout_variants(present: torch.Tensor, rates: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
+    """Modality dropout in expectation: (weight, mask) for the events as recorded (1 - sum of the rates)
+    and with each modality absent (its rate). The training loss is the weighted sum over them, the
+    exact expectation of dropping at most one modality per event with these rates: every step trains
+    every absent-modality path, without the sampling noise that left a sampled-dropout model's
+    absent-video path untrained at its best epoch (bench/modality_dropout.py)."""
+    variants = [(1.0 - float(rates.sum()), present)]
+    variants += [(float(rate), without_modality(present, i)) for i, rate in enumerate(rates) if rate > 0]
+    return variants
 
 
 class SpectralLightningModule(pl.LightningModule):
@@ -84,7 +106,8 @@ class SpectralLightningModule(pl.LightningModule):
 
     def __init__(self, num_sensor_features: int, video_dim: int, num_classes: int = len(CLASS_NAMES),
                  lr: float = 1e-3, weight_decay: float = 1e-4, lr_factor: float = 0.5, lr_patience: int = 5,
-                 class_weights: list[float] | None = None, modality_dropout: dict[str, float] | None = None) -> None:
+                 class_weights: list[float] | None = None, modality_dropout: dict[str, float] | None = None,
+                 monitor: str = "val_loss") -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = SpectralFusionModel(num_sensor_features, num_classes, video_dim)
@@ -92,7 +115,8 @@ class SpectralLightningModule(pl.LightningModule):
         self.criterion = nn.CrossEntropyLoss(weight=weight)
         rates = [float((modality_dropout or {}).get(m, 0.0)) for m in MODALITIES]
         self.register_buffer("dropout_rates", torch.tensor(rates), persistent=False)
-        self.losses = nn.ModuleDict({f"{split}_loss": MeanMetric() for split in ("train", "val", "test")})
+        self.losses = nn.ModuleDict({f"{split}_loss": MeanMetric() for split in ("train", "val", "test")}
+                                    | {f"{split}_robust_loss": MeanMetric() for split in ("val", "test")})
         self.metrics = nn.ModuleDict({
             f"{split}_{name}": metric
             for split in ("train", "val", "test")
@@ -106,16 +130,27 @@ class SpectralLightningModule(pl.LightningModule):
 
     def _step(self, batch, split: str) -> torch.Tensor:
         video, audio, sensors, present, labels = batch
-        if split == "train":
-            present = drop_modalities(present, self.dropout_rates)
-        logits = self(video, audio, sensors, present)
+        parts = self.model.branch_embeddings(video, audio, sensors)
+        logits = self.model.classify(*parts, present)
         loss = self.criterion(logits, labels)
+        if split == "train" and self.dropout_rates.any():
+            (as_recorded, _), *absent = dropout_variants(present, self.dropout_rates)
+            loss = as_recorded * loss + sum(weight * self.criterion(self.model.classify(*parts, mask), labels)
+                                            for weight, mask in absent)
         preds = logits.argmax(dim=1)
         # Logged loss: sum(w_y * CE) / sum(w_y) over the events seen, which no batching or rank split
         # changes (a mean of batch means would). A step's value is this rank's batch, an epoch's all ranks'.
         event_weights = self.criterion.weight[labels] if self.criterion.weight is not None else torch.ones_like(loss)
+        event_weights = event_weights.expand(labels.shape)
         self.losses[f"{split}_loss"](nn.functional.cross_entropy(logits.detach(), labels, reduction="none"),
-                           event_weights.expand(labels.shape))
+                                     event_weights)
+        if split != "train":
+            # the events as recorded and with each modality in turn absent: what the model meets in use
+            variants = [logits] + [self.model.classify(*parts, without_modality(present, i)) for i in range(3)]
+            robust = torch.stack([nn.functional.cross_entropy(v.detach(), labels, reduction="none")
+                                  for v in variants]).mean(dim=0)
+            self.losses[f"{split}_robust_loss"](robust, event_weights)
+            self.log(f"{split}_robust_loss", self.losses[f"{split}_robust_loss"], on_step=False, on_epoch=True)
         on_step = split == "train"
         self.log(f"{split}_loss", self.losses[f"{split}_loss"], on_step=on_step, on_epoch=True, prog_bar=True)
         for name in ("acc", "f1"):
@@ -137,7 +172,7 @@ class SpectralLightningModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=self.hparams.lr_factor,
                                                                patience=self.hparams.lr_patience)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor}}
 
 
 class ValidationHistory(pl.Callback):
@@ -150,7 +185,7 @@ class ValidationHistory(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self.epochs[trainer.current_epoch] = {name: float(trainer.callback_metrics[name])
-                                                  for name in ("val_loss", "val_acc", "val_f1")}
+                                                  for name in ("val_loss", "val_robust_loss", "val_acc", "val_f1")}
 
 
 class StageSigterm(pl.Callback):
@@ -211,11 +246,11 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
     module = SpectralLightningModule(len(SENSOR_FEATURES), info.embedding_dim, lr=cfg.lr,
                                      weight_decay=cfg.weight_decay, lr_factor=cfg.lr_factor,
                                      lr_patience=cfg.lr_patience, class_weights=class_weights,
-                                     modality_dropout=cfg.modality_dropout)
+                                     modality_dropout=cfg.modality_dropout, monitor=cfg.monitor)
     module.model.sensors.set_statistics(*data.train_sensor_statistics())
     precision = lightning_precision(cfg.precision, cfg.accelerator)
-    checkpoint = ModelCheckpoint(dirpath=str(checkpoints), filename="spectral-{epoch:02d}-{val_loss:.3f}",
-                                 monitor="val_loss", mode="min", save_top_k=3)
+    checkpoint = ModelCheckpoint(dirpath=str(checkpoints), filename=f"spectral-{{epoch:02d}}-{{{cfg.monitor}:.3f}}",
+                                 monitor=cfg.monitor, mode="min", save_top_k=3)
     history = ValidationHistory()
     trainer = pl.Trainer(
         max_epochs=cfg.max_epochs,
@@ -225,7 +260,7 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
         precision=precision,
         deterministic="warn",
         logger=_loggers(cfg, out_dir, Path(dvclive_dir)),
-        callbacks=[checkpoint, EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience, mode="min"),
+        callbacks=[checkpoint, EarlyStopping(monitor=cfg.monitor, patience=cfg.early_stopping_patience, mode="min"),
                    LearningRateMonitor(logging_interval="epoch"), TQDMProgressBar(), history,
                    StageSigterm()],
         enable_progress_bar=True,
@@ -264,7 +299,8 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
     size = export_model(best.model, FrameEncoder(backbone, info), config, out_dir / "model.pt")
     summary = {
         "best_checkpoint": Path(checkpoint.best_model_path).name,
-        "best_val_loss": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "monitor": cfg.monitor,
+        "best_monitored": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         # the validation metrics of the exported weights, over every validation event once (all ranks)
         "best_val_metrics": {"epoch": best_epoch, **history.epochs[best_epoch]},
         "devices": trainer.world_size,

@@ -113,6 +113,14 @@ def test_full_repro_produces_every_output(repo):
     result = json.loads(lines[-1])
     assert result["event"] == "event_00000" and result["class"] in result["probabilities"]
     assert result["missing"] == [] and "in_distribution" in result
+    # README, "Trusting a prediction": the OOD flag measured on folders of your own
+    spectral_cli(repo, "ood-set", "own_ood", "--events", "2", "--seed", "5")
+    output = spectral_cli(repo, "evaluate", "models/model.pt", "data/embeddings", "data/sensors.parquet", "--ood",
+                          "own_ood", "--metrics", "own_ood.json", "--plots", "own_ood_plots")
+    assert "out-of-distribution (mahalanobis)" in output and "on 2 OOD vs" in output
+    shutil.rmtree(repo / "own_ood")
+    shutil.rmtree(repo / "own_ood_plots")
+    (repo / "own_ood.json").unlink()
 
 
 def test_editing_code_used_only_downstream_reruns_the_stages_that_run_it(repo):

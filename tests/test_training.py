@@ -373,17 +373,33 @@ def test_predict_classifies_events_with_missing_modalities_and_says_which(traine
     assert results["event_nothing"]["error"].startswith("event_nothing: no modality could be read")
 
 
-def test_modality_dropout_never_leaves_an_event_without_a_modality():
-    torch.manual_seed(0)
-    present = torch.ones(20_000, 3, dtype=torch.bool)
-    present[::2, 1] = False  # half the events have no audio to begin with
-    dropped = spectral.training.drop_modalities(present, torch.tensor([0.5, 0.5, 0.5]))
-    assert dropped.any(dim=1).all() and not (dropped & ~present).any()
-    # kept: not dropped (0.5), or every modality dropped and the event's own mask restored (0.5^3 / 0.5^2)
-    assert 0.6 < dropped[1::2, 0].float().mean() < 0.65 and 0.72 < dropped[::2, 0].float().mean() < 0.78
-    assert torch.equal(spectral.training.drop_modalities(present, torch.zeros(3)), present)
+def test_modality_dropout_is_the_expectation_over_one_absent_modality():
+    present = torch.tensor([[True, True, True], [True, False, False]])  # the second event has only video
+    variants = spectral.training.dropout_variants(present, torch.tensor([0.2, 0.1, 0.3]))
+    assert [w for w, _ in variants] == pytest.approx([0.4, 0.2, 0.1, 0.3])
+    masks = [m.tolist() for _, m in variants]
+    assert masks[0] == present.tolist()
+    assert masks[1] == [[False, True, True], [True, False, False]]  # never left without any modality
+    assert masks[3] == [[True, True, False], [True, False, False]]
+    assert len(spectral.training.dropout_variants(present, torch.tensor([0.0, 0.2, 0.0]))) == 2
+    with pytest.raises(ValueError, match="sum to less than 1"):
+        TrainConfig(modality_dropout={"video": 0.5, "audio": 0.4, "sensors": 0.1})
     with pytest.raises(ValueError, match="modality_dropout"):
         TrainConfig(modality_dropout={"video": 0.2})
+
+
+def test_the_training_loss_with_modality_dropout_is_the_weighted_sum_of_its_variants():
+    torch.manual_seed(0)
+    module = SpectralLightningModule(len(SENSOR_FEATURES), 1280, modality_dropout={"video": 0.3, "audio": 0.0,
+                                                                                     "sensors": 0.2}).eval()
+    video, audio, sensors = torch.randn(4, 2, 1280), torch.randn(4, 22_050) * 0.1, torch.randn(4, 15)
+    present, labels = torch.ones(4, 3, dtype=torch.bool), torch.tensor([0, 1, 2, 3])
+    module.log = lambda *args, **kwargs: None  # no trainer attached
+    with torch.no_grad():
+        loss = module._step((video, audio, sensors, present, labels), "train")
+        ce = [nn.functional.cross_entropy(module.model(video, audio, sensors, mask), labels)
+              for mask in (present, torch.tensor([[False, True, True]] * 4), torch.tensor([[True, True, False]] * 4))]
+    assert float(loss) == pytest.approx(float(0.5 * ce[0] + 0.3 * ce[1] + 0.2 * ce[2]), rel=1e-5)
 
 
 def test_evaluate_scores_an_ood_set_and_writes_the_headline(trained, embedded, sensor_table, tmp_path):
@@ -398,6 +414,7 @@ def test_evaluate_scores_an_ood_set_and_writes_the_headline(trained, embedded, s
     assert ood["ood_events"] == 4 and ood["test_events"] == metrics["test_events"]
     assert 0 <= ood["auroc"] <= 1 and set(ood["alternatives_auroc"]) == {"max_softmax", "energy"}
     assert sum(g["events"] for g in ood["groups"].values()) == 4
+    assert set(ood["one_modality_ood"]) == {"video", "audio", "sensors"}
     headline = json.loads((tmp_path / "headline.json").read_text())
     assert headline["ood_auroc"] == ood["auroc"] and headline["nll"] == metrics["calibration"]["after"]["nll"]
     calibration = metrics["calibration"]
