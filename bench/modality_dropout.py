@@ -10,7 +10,7 @@ absent-modality path to select for); the candidate is the pipeline's models/mode
 the baseline, the training-set mean of that branch's embedding (the best a model without an absent
 embedding can do). The issue's bar: the candidate loses at most half the baseline's macro-F1.
 
-    python bench/modality_dropout.py [--split val|test] [--model models/model.pt] [--embeddings data/embeddings]
+    python bench/modality_dropout.py [--split val|test] [--seeds 42 1 2] [--model models/model.pt]
 """
 
 from __future__ import annotations
@@ -51,14 +51,31 @@ def train_model(embeddings: Path, sensors: Path, params: dict, rates: dict[str, 
     return time.perf_counter() - started
 
 
-def measure(model_path: Path, embeddings: Path, sensors: Path, params: dict, split: str = "test") -> dict:
+def measure(model_path: Path, embeddings: Path, sensors: Path, params: dict, split: str = "test",
+            seeds: tuple[int, ...] = ()) -> dict:
+    """Per training seed, a baseline and a candidate trained with it (the pipeline's own seed uses
+    `model_path` as its candidate); how much a model relies on one modality changes from seed to seed,
+    so the verdict is the mean drop over the seeds."""
+    runs, seconds = {}, []
     with tempfile.TemporaryDirectory() as tmp:
-        # the baseline never meets an absent embedding, so it is selected on all-modality val_loss
-        train_seconds = train_model(embeddings, sensors, params, dict.fromkeys(MODALITIES, 0.0), Path(tmp),
-                                    monitor="val_loss")
-        baseline, _ = load_model(Path(tmp) / "model.pt")
-    return compare(baseline, model_path, embeddings, sensors, split) | {
-        "baseline_train_seconds": round(train_seconds, 1), "candidate_dropout": params["train"]["modality_dropout"]}
+        for seed in seeds or (params["train"]["seed"],):
+            seeded = {**params, "train": {**params["train"], "seed": seed}}
+            # the baseline never meets an absent embedding, so it is selected on all-modality val_loss
+            seconds.append(train_model(embeddings, sensors, seeded, dict.fromkeys(MODALITIES, 0.0),
+                                       Path(tmp) / f"baseline{seed}", monitor="val_loss"))
+            candidate = model_path
+            if seed != params["train"]["seed"]:
+                candidate = Path(tmp) / f"candidate{seed}"
+                train_model(embeddings, sensors, seeded, params["train"]["modality_dropout"], candidate)
+                candidate = candidate / "model.pt"
+            baseline, _ = load_model(Path(tmp) / f"baseline{seed}" / "model.pt")
+            runs[seed] = compare(baseline, candidate, embeddings, sensors, split)
+    rows = next(iter(runs.values()))["rows"]
+    mean = {name: {key: round(float(np.mean([run["rows"][name][key] for run in runs.values()])), 4)
+                   for key in ("baseline_drop", "candidate_drop")} for name in rows if name != "all"}
+    return {"split": split, "seeds": list(runs), "mean_drop_over_seeds": mean, "runs": runs,
+            "baseline_train_seconds": round(float(np.mean(seconds)), 1),
+            "candidate_dropout": params["train"]["modality_dropout"]}
 
 
 def compare(baseline, model_path: Path, embeddings: Path, sensors: Path, split: str = "test") -> dict:
@@ -106,19 +123,24 @@ def main() -> None:
     parser.add_argument("--sensors", type=Path, default=Path("data/sensors.parquet"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--split", choices=("val", "test"), default="test")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[], help="training seeds (default: params' seed)")
     args = parser.parse_args()
     params = yaml.safe_load(args.params.read_text(encoding="utf-8"))
-    result = measure(args.model, args.embeddings, args.sensors, params, args.split)
-    print(f"macro-F1 on {result['events']} {result['split']} events, 95 % paired bootstrap intervals")
-    print(f"{'':<18}{'no dropout, mean':>20}{'drop':>22}{'dropout, absent':>18}{'drop':>22}{'half-drop margin':>22}")
-    for name, row in result["rows"].items():
-        if name == "all":
-            print(f"{name:<18}{row['baseline']:>20.3f}{'':>22}{row['candidate']:>18.3f}")
-            continue
-        margin = row["half_baseline_drop_minus_candidate_drop"]
-        print(f"{name:<18}{row['baseline']:>20.3f}{row['baseline_drop']:>8.3f} {row['baseline_drop_interval']!s:>13}"
-              f"{row['candidate']:>18.3f}{row['candidate_drop']:>8.3f} {row['candidate_drop_interval']!s:>13}"
-              f"{margin!s:>22}")
+    result = measure(args.model, args.embeddings, args.sensors, params, args.split, tuple(args.seeds))
+    print(f"macro-F1 on {next(iter(result['runs'].values()))['events']} {args.split} events, 95 % paired bootstrap "
+          f"intervals; baseline: no dropout, a missing branch = its training mean; candidate: dropout "
+          f"{result['candidate_dropout']}, a missing branch = its absent embedding")
+    print(f"{'seed':<6}{'':<17}{'baseline':>10}{'drop':>8}{'candidate':>11}{'drop':>8}   "
+          f"0.5 x baseline drop - candidate drop")
+    for seed, run in result["runs"].items():
+        for name, row in run["rows"].items():
+            if name == "all":
+                print(f"{seed:<6}{name:<17}{row['baseline']:>10.3f}{'':>8}{row['candidate']:>11.3f}")
+                continue
+            print(f"{seed:<6}{name:<17}{row['baseline']:>10.3f}{row['baseline_drop']:>8.3f}{row['candidate']:>11.3f}"
+                  f"{row['candidate_drop']:>8.3f}   {row['half_baseline_drop_minus_candidate_drop']}")
+    for name, row in result["mean_drop_over_seeds"].items():
+        print(f"{'mean':<6}{name:<17}{'':>10}{row['baseline_drop']:>8.3f}{'':>11}{row['candidate_drop']:>8.3f}")
     write_result("modality_dropout" if args.split == "test" else "modality_dropout_val", result)
 
 

@@ -123,16 +123,19 @@ def calibration_table(logits: np.ndarray, labels: np.ndarray, temperature: float
     """NLL, Brier and ECE of the softmax before and after temperature scaling, each with its bootstrap
     interval (the same draws, so before and after are paired), and both reliability curves."""
     table: dict = {"temperature": round(temperature, 4)}
+    resampled = {}
     for name, t in (("before", 1.0), ("after", temperature)):
         scores = calibration_scores(_softmax(logits / t), labels)
         reliability, ece = reliability_bins(scores["confidence"], scores["correct"])
-        ece_draws = np.array([reliability_bins(scores["confidence"][d], scores["correct"][d])[1] for d in draws])
-        table[name] = {"nll": round(float(scores["nll"].mean()), 4),
-                       "nll_interval": percentile_interval(scores["nll"][draws].mean(axis=1)),
-                       "brier": round(float(scores["brier"].mean()), 4),
-                       "brier_interval": percentile_interval(scores["brier"][draws].mean(axis=1)),
-                       "ece": round(float(ece), 4), "ece_interval": percentile_interval(ece_draws),
-                       "reliability": reliability}
+        resampled[name] = {"nll": scores["nll"][draws].mean(axis=1), "brier": scores["brier"][draws].mean(axis=1),
+                           "ece": np.array([reliability_bins(scores["confidence"][d], scores["correct"][d])[1]
+                                            for d in draws])}
+        table[name] = {"nll": round(float(scores["nll"].mean()), 4), "brier": round(float(scores["brier"].mean()), 4),
+                       "ece": round(float(ece), 4), "reliability": reliability}
+        table[name] |= {f"{k}_interval": percentile_interval(v) for k, v in resampled[name].items()}
+    # after - before over the same resamples: below zero throughout means scaling helped beyond the noise
+    table["change_interval"] = {k: percentile_interval(resampled["after"][k] - resampled["before"][k])
+                                for k in ("nll", "brier", "ece")}
     return table
 
 
@@ -275,6 +278,9 @@ def format_report(metrics: dict) -> str:
             row = calibration[name]
             lines.append(f"{name:<8}" + "".join(f"{row[k]:>7.3f} [{row[k + '_interval'][0]:.3f}, "
                                                  f"{row[k + '_interval'][1]:.3f}]" for k in ("nll", "brier", "ece")))
+        if change := calibration.get("change_interval"):
+            lines.append(f"{'change':<8}" + "".join(f"{'':>7} [{change[k][0]:+.3f}, {change[k][1]:+.3f}]"
+                                                    for k in ("nll", "brier", "ece")) + "  (after - before, paired)")
     if ood := metrics.get("ood"):
         lines += ["", f"out-of-distribution ({ood['score']}): AUROC {ood['auroc']:.3f} "
                       f"[{ood['auroc_interval'][0]:.3f}, {ood['auroc_interval'][1]:.3f}] on {ood['ood_events']} OOD vs "

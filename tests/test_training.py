@@ -433,6 +433,9 @@ def test_auroc_and_calibration_known_answers():
     labels = np.array([0] * 10 + [0] * 3 + [1] * 7)
     table = calibration_table(logits, labels, 1.0, bootstrap_draws(20))
     assert table["before"] == table["after"] and table["before"]["ece"] == pytest.approx(0.2)
+    assert table["change_interval"] == {"nll": [0.0, 0.0], "brier": [0.0, 0.0], "ece": [0.0, 0.0]}
+    softened = calibration_table(logits, labels, 2.0, bootstrap_draws(20))  # 0.9 → 0.75: closer to 100 % right
+    assert softened["after"]["nll"] != softened["before"]["nll"] and softened["change_interval"]["nll"][0] != 0
     expected_nll = -(10 * np.log(0.9) + 3 * np.log(0.6) + 7 * np.log(0.4)) / 20
     assert table["before"]["nll"] == pytest.approx(expected_nll, abs=1e-4)
     expected_brier = (10 * 2 * 0.1**2 + 3 * 2 * 0.4**2 + 7 * 2 * 0.6**2) / 20
