@@ -57,7 +57,7 @@ from spectral.incremental import (
     plan_shards,
     shard_file_name,
 )
-from spectral.io.audio import TARGET_SECONDS, AudioInfo, audio_samples, load_audio, to_pcm16
+from spectral.io.audio import TARGET_RATE, TARGET_SECONDS, AudioInfo, audio_samples, load_audio, to_pcm16
 from spectral.io.video import VideoInfo, load_video
 from spectral.keys import sample_key
 from spectral.lifecycle import die_with_parent
@@ -420,6 +420,7 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
                   "an event needs video.mp4 or audio.wav (labels are read by the sensors stage); a missing, empty "
                   "or undecodable one is left out of the sample, listed in `incomplete` (training masks it)",
         "config": cfg.data_config(),
+        "audio": {"sample_rate": TARGET_RATE, "samples": audio_samples(cfg.audio_seconds)},  # every waveform's shape
         "shards": {split: [s.file for s in shards if s.split == split and s.sha256] for split in SPLITS},
         "accepted": accepted,
         "rejected": rejected,

@@ -35,7 +35,6 @@ from spectral.devices import resolve_device, resolve_precision
 from spectral.distributed import SINGLE_PROCESS, Ranks, assign_by_size
 from spectral.frames import is_frame_member, load_frames
 from spectral.incremental import clean_run_requested, digest, module_code_digest
-from spectral.io.audio import TARGET_RATE, audio_samples
 from spectral.models.backbone import BackboneInfo, FrameEncoder, create_backbone
 from spectral.shards import AtomicTarWriter, remove_stale_shards
 from spectral.splits import SPLITS
@@ -198,7 +197,7 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
     if not report_path.is_file():
         raise FileNotFoundError(f"{report_path} not found: {decoded_dir} is not the output of the decode stage")
     report = json.loads(report_path.read_text(encoding="utf-8"))
-    if not report.get("complete") or "index" not in report:
+    if not report.get("complete") or "index" not in report or "audio" not in report:
         raise ValueError(f"{report_path} is from an interrupted or older decode run: rerun the decode stage")
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder, info, device = build_encoder(cfg, ranks.local_rank)
@@ -208,7 +207,7 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
         "video": {key: report["config"][key]
                   for key in ("num_frames", "size", "interpolation", "backend", "frame_format", "jpeg_quality")},
         # the audio window decode trimmed or padded every waveform to; training and inference use it
-        "audio": {"sample_rate": TARGET_RATE, "samples": audio_samples(report["config"]["audio_seconds"])},
+        "audio": report["audio"],
         # what the embedding bytes depend on besides the frames and weights: they are shared by
         # pulling from a DVC remote, not recomputed, on machines where these differ
         "precision": str(encoder.precision).removeprefix("torch."),
