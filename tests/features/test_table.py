@@ -26,7 +26,9 @@ def test_table_schema_accounting_and_determinism(tiny_events, tmp_path):
     run_sensors(bad, tmp_path / "s.parquet", SPLITS)
     assert hashlib.sha256((tmp_path / "s.parquet").read_bytes()).hexdigest() == first
     table = pl.read_parquet(tmp_path / "s.parquet")
-    assert table.columns == ["event", "split", "label", "label_name", *SENSOR_FEATURES, "missing_features"]
+    assert table.columns == ["event", "split", "label", "label_name", *SENSOR_FEATURES, "missing_features",
+                             "sensors_missing"]
+    assert table["sensors_missing"].null_count() == table.height
     for row in table.iter_rows(named=True):  # what the model will impute is recorded per event
         assert row["missing_features"] == [f for f in SENSOR_FEATURES if row[f] is None]
     assert table["event"].to_list() == ["event_00000", "event_00002"]
@@ -36,6 +38,15 @@ def test_table_schema_accounting_and_determinism(tiny_events, tmp_path):
     assert saved["accepted"] == ["event_00000", "event_00002"]
     with pytest.raises(StrictModeError):
         run_sensors(bad, tmp_path / "strict.parquet", SPLITS, strict=True)
+    # missing_modality: keep — the unreadable sensors.csv gives a row of nulls with the reason, deterministically
+    kept = run_sensors(bad, tmp_path / "keep.parquet", SPLITS, missing_modality="keep")
+    assert kept["rejected"] == [] and kept["incomplete"] == ["event_00001"]
+    first = hashlib.sha256((tmp_path / "keep.parquet").read_bytes()).hexdigest()
+    run_sensors(bad, tmp_path / "keep.parquet", SPLITS, missing_modality="keep")
+    assert hashlib.sha256((tmp_path / "keep.parquet").read_bytes()).hexdigest() == first
+    row = pl.read_parquet(tmp_path / "keep.parquet").filter(pl.col("event") == "event_00001").row(0, named=True)
+    assert row["sensors_missing"].startswith("event_00001/sensors.csv: cannot read sensors")
+    assert all(row[f] is None for f in SENSOR_FEATURES) and row["missing_features"] == list(SENSOR_FEATURES)
 
 
 def test_rejection_limit_fails_after_the_report_and_an_empty_folder_fails(tiny_events, tmp_path):
