@@ -73,15 +73,15 @@ class TrainConfig:
     monitor: str = "val_loss"
 
     def __post_init__(self) -> None:
-        if sum(self.modality_dropout.values()) >= 1.0:
-            raise ValueError(f"train.modality_dropout rates must sum to less than 1 (the rest is the events as "
-                             f"recorded), got {self.modality_dropout}")
-        if self.monitor not in ("val_loss", "val_robust_loss"):
-            raise ValueError(f"train.monitor must be val_loss or val_robust_loss, got {self.monitor!r}")
         rates = self.modality_dropout
         if set(rates) != set(MODALITIES) or not all(0.0 <= float(r) < 1.0 for r in rates.values()):
             raise ValueError(f"train.modality_dropout needs a rate in [0, 1) for each of {', '.join(MODALITIES)}, "
                              f"got {rates}")
+        if sum(rates.values()) >= 1.0:
+            raise ValueError(f"train.modality_dropout rates must sum to less than 1 (the rest is the events as "
+                             f"recorded), got {rates}")
+        if self.monitor not in ("val_loss", "val_robust_loss"):
+            raise ValueError(f"train.monitor must be val_loss or val_robust_loss, got {self.monitor!r}")
 
 
 def without_modality(present: torch.Tensor, index: int) -> torch.Tensor:
@@ -92,10 +92,9 @@ def without_modality(present: torch.Tensor, index: int) -> torch.Tensor:
 
 def dropout_variants(present: torch.Tensor, rates: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
     """Modality dropout in expectation: (weight, mask) for the events as recorded (1 - sum of the rates)
-    and with each modality absent (its rate). The training loss is the weighted sum over them, the
-    exact expectation of dropping at most one modality per event with these rates: every step trains
-    every absent-modality path, without the sampling noise that left a sampled-dropout model's
-    absent-video path untrained at its best epoch (bench/modality_dropout.py)."""
+    and with each modality absent (its rate). The training loss is the weighted sum over them: the
+    expected loss of dropping at most one modality per event with these rates, computed exactly, so
+    every step trains every absent-modality path and no sampling noise enters the gradient."""
     variants = [(1.0 - float(rates.sum()), present)]
     variants += [(float(rate), without_modality(present, i)) for i, rate in enumerate(rates) if rate > 0]
     return variants
@@ -146,7 +145,8 @@ class SpectralLightningModule(pl.LightningModule):
                                      event_weights)
         if split != "train":
             # the events as recorded and with each modality in turn absent: what the model meets in use
-            variants = [logits] + [self.model.classify(*parts, without_modality(present, i)) for i in range(3)]
+            variants = [logits] + [self.model.classify(*parts, without_modality(present, i))
+                                   for i in range(len(MODALITIES))]
             robust = torch.stack([nn.functional.cross_entropy(v.detach(), labels, reduction="none")
                                   for v in variants]).mean(dim=0)
             self.losses[f"{split}_robust_loss"](robust, event_weights)
