@@ -71,6 +71,8 @@ class TrainConfig:
     # what the LR schedule, early stopping and the checkpoint choice minimise: val_loss (all modalities)
     # or val_robust_loss (its mean with each modality in turn absent)
     monitor: str = "val_loss"
+    # weight of the per-branch auxiliary classifiers' loss (training only): each branch must classify alone
+    branch_loss: float = 0.0
 
     def __post_init__(self) -> None:
         rates = self.modality_dropout
@@ -106,12 +108,17 @@ class SpectralLightningModule(pl.LightningModule):
     def __init__(self, num_sensor_features: int, video_dim: int, num_classes: int = len(CLASS_NAMES),
                  lr: float = 1e-3, weight_decay: float = 1e-4, lr_factor: float = 0.5, lr_patience: int = 5,
                  class_weights: list[float] | None = None, modality_dropout: dict[str, float] | None = None,
-                 monitor: str = "val_loss") -> None:
+                 monitor: str = "val_loss", branch_loss: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = SpectralFusionModel(num_sensor_features, num_classes, video_dim)
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.criterion = nn.CrossEntropyLoss(weight=weight)
+        # Training-only linear heads on each branch's embedding. Without them a branch that another one makes
+        # redundant (sensors' humanoid flag next to the video's figure) stops carrying the class, and the
+        # model has nothing to fall back on when that other modality is absent (bench/modality_dropout.py).
+        dims = (video_dim, self.model.audio.embedding_dim, self.model.sensors.embedding_dim)
+        self.branch_heads = nn.ModuleList(nn.Linear(dim, num_classes) for dim in dims)
         rates = [float((modality_dropout or {}).get(m, 0.0)) for m in MODALITIES]
         self.register_buffer("dropout_rates", torch.tensor(rates), persistent=False)
         self.losses = nn.ModuleDict({f"{split}_loss": MeanMetric() for split in ("train", "val", "test")}
@@ -136,6 +143,8 @@ class SpectralLightningModule(pl.LightningModule):
             (as_recorded, _), *absent = dropout_variants(present, self.dropout_rates)
             loss = as_recorded * loss + sum(weight * self.criterion(self.model.classify(*parts, mask), labels)
                                             for weight, mask in absent)
+        if split == "train" and self.hparams.branch_loss:
+            loss = loss + self.hparams.branch_loss * self._branch_loss(parts, present, labels)
         preds = logits.argmax(dim=1)
         # Logged loss: sum(w_y * CE) / sum(w_y) over the events seen, which no batching or rank split
         # changes (a mean of batch means would). A step's value is this rank's batch, an epoch's all ranks'.
@@ -158,6 +167,12 @@ class SpectralLightningModule(pl.LightningModule):
             metric(preds, labels)
             self.log(f"{split}_{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "acc")
         return loss
+
+    def _branch_loss(self, parts, present: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean over the branches of each auxiliary head's loss on the events that have that modality."""
+        losses = [self.criterion(head(part[present[:, i]]), labels[present[:, i]])
+                  for i, (head, part) in enumerate(zip(self.branch_heads, parts, strict=True)) if present[:, i].any()]
+        return torch.stack(losses).mean()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -246,7 +261,8 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
     module = SpectralLightningModule(len(SENSOR_FEATURES), info.embedding_dim, lr=cfg.lr,
                                      weight_decay=cfg.weight_decay, lr_factor=cfg.lr_factor,
                                      lr_patience=cfg.lr_patience, class_weights=class_weights,
-                                     modality_dropout=cfg.modality_dropout, monitor=cfg.monitor)
+                                     modality_dropout=cfg.modality_dropout, monitor=cfg.monitor,
+                                     branch_loss=cfg.branch_loss)
     module.model.sensors.set_statistics(*data.train_sensor_statistics())
     precision = lightning_precision(cfg.precision, cfg.accelerator)
     checkpoint = ModelCheckpoint(dirpath=str(checkpoints), filename=f"spectral-{{epoch:02d}}-{{{cfg.monitor}:.3f}}",
