@@ -402,6 +402,28 @@ def test_the_training_loss_with_modality_dropout_is_the_weighted_sum_of_its_vari
     assert float(loss) == pytest.approx(float(0.5 * ce[0] + 0.3 * ce[1] + 0.2 * ce[2]), rel=1e-5)
 
 
+
+def test_branch_heads_add_each_branchs_own_loss_on_the_events_that_have_it():
+    torch.manual_seed(0)
+    module = SpectralLightningModule(len(SENSOR_FEATURES), 1280, branch_loss=0.5).eval()
+    plain = SpectralLightningModule(len(SENSOR_FEATURES), 1280).eval()
+    plain.load_state_dict(module.state_dict())
+    video, audio, sensors = torch.randn(4, 2, 1280), torch.randn(4, 22_050) * 0.1, torch.randn(4, 15)
+    present, labels = torch.ones(4, 3, dtype=torch.bool), torch.tensor([0, 1, 2, 3])
+    present[0, 1] = False  # no audio for the first event: the audio head never sees its placeholder
+    module.log = plain.log = lambda *args, **kwargs: None
+    with torch.no_grad():
+        total = module._step((video, audio, sensors, present, labels), "train")
+        base = plain._step((video, audio, sensors, present, labels), "train")
+        parts = module.model.branch_embeddings(video, audio, sensors)
+        heads = [nn.functional.cross_entropy(module.branch_heads[0](parts[0]), labels),
+                 nn.functional.cross_entropy(module.branch_heads[1](parts[1][1:]), labels[1:]),
+                 nn.functional.cross_entropy(module.branch_heads[2](parts[2]), labels)]
+    assert float(total) == pytest.approx(float(base + 0.5 * sum(heads) / 3), rel=1e-5)
+    exported = {k for k in module.model.state_dict()}
+    assert not any("branch_heads" in k for k in exported)  # training only: not in the exported model
+
+
 def test_evaluate_scores_an_ood_set_and_writes_the_headline(trained, embedded, sensor_table, tmp_path):
     from spectral.oodset import generate_ood
 
