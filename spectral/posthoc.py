@@ -69,10 +69,16 @@ def fit_posthoc(model: SpectralFusionModel, train_loader, val_loader) -> dict:
     model.temperature.fill_(temperature)
     thresholds = {}
     for index, pattern in enumerate(presence_patterns()):
-        train_features = model.fused(train_parts, pattern_mask(train_present, pattern))
-        model.ood.fit_pattern(index, train_features, torch.from_numpy(train_labels))
-        val_mask = pattern_mask(val_present, pattern)
-        model.ood.set_threshold(index, model.ood.score(model.fused(val_parts, val_mask), val_mask))
+        # events kept without a modality (missing_modality: keep) may have none of this pattern's: left out
+        train_mask, val_mask = pattern_mask(train_present, pattern), pattern_mask(val_present, pattern)
+        train_rows, val_rows = train_mask.any(dim=1), val_mask.any(dim=1)
+        if not train_rows.any() or not val_rows.any():
+            thresholds[describe(pattern)] = None  # never fitted: the threshold stays inf, nothing is flagged
+            continue
+        train_features = model.fused([p[train_rows] for p in train_parts], train_mask[train_rows])
+        model.ood.fit_pattern(index, train_features, torch.from_numpy(train_labels)[train_rows])
+        val_features = model.fused([p[val_rows] for p in val_parts], val_mask[val_rows])
+        model.ood.set_threshold(index, model.ood.score(val_features, val_mask[val_rows]))
         thresholds[describe(pattern)] = round(float(model.ood.threshold[index]), 4)
     model.ood.fitted.fill_(True)
     fitted = {"temperature": round(temperature, 4),

@@ -475,7 +475,7 @@ def test_events_kept_without_a_modality_reach_training_masked(tiny_events, tmp_p
     (events / "event_00001" / "video.mp4").write_bytes(b"\x00" * 64)
     (events / "event_00002" / "sensors.csv").write_bytes(b"")
     decoded, embedded, table = tmp_path / "decoded", tmp_path / "embedded", tmp_path / "sensors.parquet"
-    splits = {"train": 1.0, "val": 0.0, "test": 0.0}
+    splits = {"train": 0.6, "val": 0.4, "test": 0.0}
     run_decode(events, decoded, DecodeConfig(num_frames=2, size=64, workers=1, splits=splits,
                                              missing_modality="keep"))
     sensors_report = run_sensors(events, table, splits, missing_modality="keep")
@@ -483,10 +483,12 @@ def test_events_kept_without_a_modality_reach_training_masked(tiny_events, tmp_p
     run_embed(decoded, embedded, EmbedConfig(batch_frames=3, num_workers=0))
     data = CachedShardDataModule(embedded, table, batch_size=64)
     data.setup()
-    assert data.missing_modalities("train") == {"video": ["event_00001"], "audio": ["event_00000"],
-                                                "sensors": ["event_00002"]}
-    (video, audio, sensors, present, _), = list(data.loader("train"))
-    names = data.used_events("train")
+    missing = [data.missing_modalities(split) for split in ("train", "val")]
+    assert {m: sorted(a[m] + b[m]) for a, b in [missing] for m in a} == {
+        "video": ["event_00001"], "audio": ["event_00000"], "sensors": ["event_00002"]}
+    batches = [next(iter(data.loader(split))) for split in ("train", "val")]
+    video, audio, sensors, present = (torch.cat([b[i] for b in batches]) for i in range(4))
+    names = data.used_events("train") + data.used_events("val")
     assert len(names) == 16
     masks = {name: row.tolist() for name, row in zip(names, present, strict=True)}
     assert masks["event_00000"] == [True, False, True] and masks["event_00001"] == [False, True, True]
@@ -497,6 +499,12 @@ def test_events_kept_without_a_modality_reach_training_masked(tiny_events, tmp_p
     with torch.no_grad():
         module = SpectralLightningModule(len(SENSOR_FEATURES), 1280).eval()
         assert torch.isfinite(module(video, audio, sensors, present)).all()
+    # and they train: modality dropout, branch heads, then the OOD statistics of every modality pattern
+    cfg = TrainConfig(max_epochs=1, batch_size=8, precision="32-true", logger="none", branch_loss=0.3,
+                      modality_dropout={"video": 0.15, "audio": 0.15, "sensors": 0.15}, monitor="val_robust_loss")
+    summary = train(embedded, table, tmp_path / "model", cfg, weights="packaged", dvclive_dir=tmp_path / "live")
+    counts = summary["missing_modalities"]
+    assert sum(counts[split][m] for split in counts for m in counts[split]) == 3
     rejecting = run_sensors(events, tmp_path / "reject.parquet", splits)
     # reject mode: sensors rejects what it can see (a missing audio.wav, an empty sensors.csv); the
     # undecodable video is decode's rejection
