@@ -90,6 +90,9 @@ class ShardEvents:
             found[extension] = handle.read(size)
         return found
 
+    def where(self, index: int) -> Path:
+        return self._where[index][0]
+
     def has(self, index: int, extension: str) -> bool:
         """Whether the event has that member, from the headers read at construction: no file access."""
         return extension in self._where[index][1]
@@ -117,6 +120,12 @@ class EventDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         members = self.events.members(self.positions[index])
         name = self.names[index]
+        if not {"emb.npy", "audio.npy"} <= members.keys():  # only decode's `keep` may leave one out, and says so
+            said = json.loads(self.events.members(self.positions[index], ("json",))["json"]).get("missing", {})
+            lacking = {"emb.npy": "video", "audio.npy": "audio"}
+            if unexplained := [m for member, m in lacking.items() if member not in members and m not in said]:
+                raise KeyError(f"{self.events.where(self.positions[index])}: event {name} has no {unexplained} "
+                               f"member and decode did not record it missing; rerun the embed stage")
         present = torch.tensor(["emb.npy" in members, "audio.npy" in members, self.sensors_present[name]])
         embeddings = (torch.from_numpy(np.load(io.BytesIO(members["emb.npy"])).astype(np.float32)) if present[0]
                       else torch.zeros(self.video_shape))

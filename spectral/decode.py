@@ -64,6 +64,7 @@ from spectral.lifecycle import die_with_parent
 from spectral.splits import SPLITS, assign_split
 
 REPORT = "report.json"
+KEPT_MISSING = ": missing, kept with the modality masked"  # warning of an event kept without that modality
 DECODED_FILES = (VIDEO_FILE, AUDIO_FILE)
 
 
@@ -124,7 +125,7 @@ def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpo
     """One event's frames ("frames.npy", uint8 [N, size, size, 3]), int16 audio and metadata; raises
     EventError naming the file at fault. Labels are not read. `keep_missing`: a missing, empty or
     undecodable video or audio is left out of the sample and named in json["missing"] with its reason
-    (the model masks it), instead of rejecting the event; one of the two must decode."""
+    (the model masks it), instead of rejecting the event."""
     event = load_event(folder, labelled=False, files=() if keep_missing else DECODED_FILES)
     sample: dict = {"__key__": sample_key(event.name)}
     meta: dict = {"event": event.name}
@@ -153,11 +154,8 @@ def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpo
         if not keep_missing:
             raise
         missing["audio"] = str(err)
-    if len(missing) == 2:
-        raise EventError(event.name, None, f"neither video nor audio decodes ({missing['video']}; "
-                                           f"{missing['audio']})")
     meta["warnings"] = media_warnings(video_info, audio_info) + [
-        f"{modality}: missing, kept with the modality masked ({reason})" for modality, reason in missing.items()]
+        f"{modality}{KEPT_MISSING} ({reason})" for modality, reason in missing.items()]
     if missing:
         meta["missing"] = missing
     sample["json"] = meta
@@ -189,6 +187,9 @@ def _decode_or_reason(folder: Path, cfg: DecodeConfig) -> Result:
     try:
         sample = decode_event(folder, cfg.num_frames, cfg.size, cfg.backend, cfg.interpolation, cfg.audio_seconds,
                               keep_missing=cfg.missing_modality == "keep")
+        if len(missing := sample["json"].get("missing", {})) == len(DECODED_FILES):  # nothing left to shard
+            raise EventError(folder.name, None, f"neither video nor audio decodes ({missing['video']}; "
+                                                f"{missing['audio']})")
         return folder.name, _shard_sample(sample, cfg), None, False
     except EventError as err:  # a property of the files: the same inputs give the same rejection
         return display_name(folder.name), None, str(err), False
@@ -425,8 +426,9 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
         "accepted": accepted,
         "rejected": rejected,
         "warnings": {name: w for s in shards for name, w in s.warnings.items()},
-        "incomplete": {name: [m for m in ("video", "audio") if any(x.startswith(f"{m}: missing") for x in w)]
-                       for s in shards for name, w in s.warnings.items() if any(": missing, kept" in x for x in w)},
+        # the index keeps each event's warnings through reuse, so the kept-without list is read back from them
+        "incomplete": {name: kept for s in shards for name, w in s.warnings.items()
+                       if (kept := [m for m in ("video", "audio") if any(x.startswith(m + KEPT_MISSING) for x in w)])},
     }
     # Timing and reuse counts stay out of report.json: the outputs must be byte-identical to a clean run.
     if ranks.is_main:

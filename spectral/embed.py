@@ -131,15 +131,16 @@ class _ShardBatcher:
         self.n_waiting = self.n_encoded = self.seen = 0
 
     def _finished(self) -> Iterator[tuple[dict, torch.Tensor | None]]:
-        while self.pending and self.pending[0]["frames"] is None:  # no video: in order, nothing to encode
-            yield self.pending.popleft(), None
-        while self.pending and self.n_encoded >= len(self.pending[0]["frames"]):
-            n = len(self.pending[0]["frames"])
-            rows = torch.cat(self.encoded)
-            self.encoded, self.n_encoded = [rows[n:]], self.n_encoded - n
-            yield self.pending.popleft(), rows[:n]
-            while self.pending and self.pending[0]["frames"] is None:
+        while self.pending:
+            frames = self.pending[0]["frames"]
+            if frames is None:  # kept without video: in order, nothing to encode
                 yield self.pending.popleft(), None
+                continue
+            if self.n_encoded < len(frames):
+                return
+            rows = torch.cat(self.encoded)
+            self.encoded, self.n_encoded = [rows[len(frames):]], self.n_encoded - len(frames)
+            yield self.pending.popleft(), rows[:len(frames)]
 
     def _encode(self, count: int) -> None:
         block = torch.cat(self.waiting)

@@ -314,14 +314,14 @@ def headline(metrics: dict) -> dict:
     return numbers | {"test_events": metrics["test_events"]}
 
 
-def ood_event_parts(model: SpectralFusionModel, model_path: Path, folders: list[Path],
+def ood_event_parts(model: SpectralFusionModel, config: dict, folders: list[Path],
                     batch_size: int = 8) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
     """Branch embeddings of the OOD set through `spectral predict`'s own path (raw media → decode → model),
     their presence masks, and each event's group (metadata.json's `ood.group`)."""
     from spectral.events import read_metadata
     from spectral.inference import Predictor
 
-    predictor = Predictor(model_path)
+    predictor = Predictor.for_model(model, config)
     parts: list[list[torch.Tensor]] = [[], [], []]
     masks = []
     for start in range(0, len(folders), batch_size):
@@ -376,7 +376,7 @@ def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path
     if ood_dir is not None:
         from spectral.events import find_event_folders
 
-        ood_parts, ood_present, groups = ood_event_parts(model, model_path, find_event_folders(ood_dir))
+        ood_parts, ood_present, groups = ood_event_parts(model, config, find_event_folders(ood_dir))
         test_scores = ood_scores(model, test_parts, present)
         metrics["ood"] = ood_table(test_scores, ood_scores(model, ood_parts, ood_present), groups, draws)
         metrics["ood"]["one_modality_ood"] = one_modality_ood(model, test_parts, present, ood_parts,

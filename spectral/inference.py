@@ -18,17 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spectral.decode import media_warnings
-from spectral.events import AUDIO_FILE, SENSORS_FILE, VIDEO_FILE, EventError, display_name, load_event
+from spectral.decode import decode_event
+from spectral.events import SENSORS_FILE, EventError, MissingFileError, check_file, display_name
 from spectral.features.sensors import missing_features, sensor_features
 from spectral.frames import stored_frames
-from spectral.io.audio import load_audio
-from spectral.io.video import load_video
+from spectral.io.audio import TARGET_RATE, from_pcm16
 from spectral.models.artifact import load_model
 from spectral.models.fusion import SpectralFusionModel
 from spectral.models.modalities import MODALITIES
-
-FILES = dict(zip(MODALITIES, (VIDEO_FILE, AUDIO_FILE, SENSORS_FILE), strict=True))
 
 
 @dataclass
@@ -43,61 +40,48 @@ class PreparedEvent:
     warnings: list[str] = field(default_factory=list)
 
 
-class AbsentFileError(Exception):
-    """A modality's file is not there or holds no bytes."""
-
-
-def _readable(folder: Path, modality: str) -> Path:
-    path = folder / FILES[modality]
-    if not path.is_file():
-        raise AbsentFileError(f"{FILES[modality]} is missing")
-    if path.stat().st_size == 0:
-        raise AbsentFileError(f"{FILES[modality]} is empty")
-    return path
-
-
-def _reason(modality: str, err: Exception) -> str:
-    return str(err) if isinstance(err, AbsentFileError) else f"cannot decode {FILES[modality]}: {err}"
-
-
 class Predictor:
     """Holds the loaded model; `predict` takes event folders and yields one dict per event."""
 
     def __init__(self, model_path: Path, device: str = "cpu") -> None:
+        self._use(*load_model(model_path, map_location=torch.device(device)), device)
+
+    @classmethod
+    def for_model(cls, model: SpectralFusionModel, config: dict, device: str = "cpu") -> Predictor:
+        """A predictor around a model already loaded (evaluation scores the OOD set with its own)."""
+        predictor = cls.__new__(cls)
+        predictor._use(model, config, device)
+        return predictor
+
+    def _use(self, model: SpectralFusionModel, config: dict, device: str) -> None:
         self.device = torch.device(device)
-        self.model: SpectralFusionModel
-        self.model, self.config = load_model(model_path, map_location=self.device)
-        self.model.to(self.device)
-        self.class_names: list[str] = self.config["class_names"]
+        self.model, self.config = model.to(self.device), config
+        self.class_names: list[str] = config["class_names"]
 
     def prepare(self, folder: Path) -> PreparedEvent:
-        """Decode what the folder has; raises EventError only when no modality is usable."""
+        """Decode what the folder has, with the decode stage's own function (the same frames and int16
+        audio round trip training saw); raises EventError only when no modality is usable."""
         folder = Path(folder)
-        load_event(folder, labelled=False, files=())  # the folder itself: exists, name is usable
-        event = PreparedEvent(folder.name)
-        video, audio = self.config["video"], self.config["audio"]
-        video_info = audio_info = None
-        try:
-            frames, video_info = load_video(str(_readable(folder, "video")), video["num_frames"], video["size"],
-                                            video["backend"], video["interpolation"])
-            # the shard round trip training saw (lossless h264 by default)
+        video = self.config["video"]
+        sample = decode_event(folder, video["num_frames"], video["size"], video["backend"], video["interpolation"],
+                              self.config["audio"]["samples"] / TARGET_RATE, keep_missing=True)
+        event = PreparedEvent(folder.name, missing=dict(sample["json"].get("missing", {})),
+                              warnings=list(sample["json"]["warnings"]))
+        if "frames.npy" in sample:  # the shard round trip training saw (lossless h264 by default)
             frame_format = video.get("frame_format", "npy")
             quality = video["jpeg_quality"] if frame_format == "jpeg" else 95  # recorded as null for h264/npy
-            event.frames = stored_frames(frames, frame_format, quality)
-        except Exception as err:  # any decoder failure is a property of this file: the modality is absent
-            event.missing["video"] = _reason("video", err)
+            event.frames = stored_frames(sample["frames.npy"], frame_format, quality)
+        if "audio.npy" in sample:
+            event.waveform = from_pcm16(sample["audio.npy"])
         try:
-            event.waveform, audio_info = load_audio(str(_readable(folder, "audio")), length=audio["samples"])
-        except Exception as err:
-            event.missing["audio"] = _reason("audio", err)
-        try:
-            event.sensors = sensor_features(_readable(folder, "sensors")).astype(np.float32)
-        except Exception as err:
-            event.missing["sensors"] = _reason("sensors", err)
+            event.sensors = sensor_features(check_file(folder, SENSORS_FILE)).astype(np.float32)
+        except MissingFileError as err:
+            event.missing["sensors"] = str(err)
+        except Exception as err:  # any parse failure is a property of this file: the modality is absent
+            event.missing["sensors"] = str(EventError(folder.name, SENSORS_FILE, f"cannot read sensors: {err}"))
         if len(event.missing) == len(MODALITIES):
             raise EventError(folder.name, None, "no modality could be read: " +
                              "; ".join(f"{m}: {why}" for m, why in event.missing.items()))
-        event.warnings = media_warnings(video_info, audio_info)
         if event.sensors is not None and (imputed := missing_features(event.sensors)):
             event.warnings.append(f"sensors: imputed {', '.join(imputed)}")
         return event

@@ -1,4 +1,5 @@
 import csv
+import io
 import json
 import os
 import shutil
@@ -113,7 +114,7 @@ def test_predict_schema_and_error_object_for_a_corrupt_event(trained, tiny_event
     assert ok["missing"] == [] and isinstance(ok["in_distribution"], bool) and ok["ood_score"] >= 0
     # an undecodable video is an absent modality: classified from audio and sensors, with the reason
     assert results[1]["missing"] == ["video"] and results[1]["class"] in results[1]["probabilities"]
-    assert results[1]["missing_reasons"]["video"].startswith("cannot decode video.mp4")
+    assert results[1]["missing_reasons"]["video"].startswith("event_broken/video.mp4: cannot decode video")
     assert "does not exist" in results[3]["error"]
     assert results[4]["probabilities"] == results[2]["probabilities"]  # labels are ignored entirely
 
@@ -211,7 +212,8 @@ def test_a_zoo_of_user_recordings_goes_through_decode_embed_and_predict(trained,
     assert set(results) == set(specs)
     # decode rejects the truncated clip; predict classifies the event from its audio and sensors and says so
     assert results["event_cortado"]["missing"] == ["video"]
-    assert results["event_cortado"]["missing_reasons"]["video"].startswith("cannot decode video.mp4")
+    reason = results["event_cortado"]["missing_reasons"]["video"]
+    assert reason.startswith("event_cortado/video.mp4: cannot decode video")
     for name in samples:
         assert results[name]["class"] in results[name]["probabilities"], name
     assert results["event_x.270"]["warnings"] == ["audio: 5 sample(s) held NaN/inf and were replaced"]
@@ -357,11 +359,11 @@ def test_predict_classifies_events_with_missing_modalities_and_says_which(traine
                event("event_only_sensors", drop=["audio.wav", "video.mp4"]),
                event("event_nothing", drop=["audio.wav", "video.mp4", "sensors.csv"]), source]
     results = {r["event"]: r for r in Predictor(out / "model.pt").predict(folders, batch_size=3)}
-    expected = {"event_no_audio": (["audio"], "audio.wav is missing"),
-                "event_empty_audio": (["audio"], "audio.wav is empty"),
-                "event_bad_audio": (["audio"], "cannot decode audio.wav"),
-                "event_no_sensors": (["sensors"], "sensors.csv is missing"),
-                "event_only_sensors": (["video", "audio"], "video.mp4 is missing")}
+    expected = {"event_no_audio": (["audio"], "event_no_audio/audio.wav: file is missing"),
+                "event_empty_audio": (["audio"], "event_empty_audio/audio.wav: file is empty"),
+                "event_bad_audio": (["audio"], "event_bad_audio/audio.wav: cannot decode audio"),
+                "event_no_sensors": (["sensors"], "event_no_sensors/sensors.csv: file is missing"),
+                "event_only_sensors": (["video", "audio"], "event_only_sensors/video.mp4: file is missing")}
     for name, (missing, reason) in expected.items():
         result = results[name]
         assert result["missing"] == missing, result
@@ -509,3 +511,27 @@ def test_events_kept_without_a_modality_reach_training_masked(tiny_events, tmp_p
     # reject mode: sensors rejects what it can see (a missing audio.wav, an empty sensors.csv); the
     # undecodable video is decode's rejection
     assert [r["event"] for r in rejecting["rejected"]] == ["event_00000", "event_00002"]
+
+
+def test_a_member_missing_without_decode_saying_so_is_an_error_not_a_masked_modality(embedded, sensor_table,
+                                                                                       tmp_path):
+    """Only decode's `missing_modality: keep` may leave a member out, and it records why in the sample's json;
+    a shard that lacks one otherwise (a bug, a hand-edited file) must stop training, not train masked."""
+    import tarfile
+
+    copy = tmp_path / "embeddings"
+    shutil.copytree(embedded, copy)
+    shard = shard_paths(copy, "train")[0]
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    dropped = next(m.name for m, _ in members if m.name.endswith(".emb.npy"))
+    with tarfile.open(shard, "w") as tar:
+        for member, data in members:
+            if member.name != dropped:
+                tar.addfile(member, io.BytesIO(data))
+    data = CachedShardDataModule(copy, sensor_table)
+    data.setup()
+    dataset = data.datasets["train"]
+    position = dataset.names.index(event_name(dropped.split(".")[0]))
+    with pytest.raises(KeyError, match="did not record it missing"):
+        dataset[position]
