@@ -192,10 +192,11 @@ def ood_scores(model: SpectralFusionModel, parts: list[torch.Tensor], present: t
     with torch.no_grad():
         features = model.fused(parts, present)
         logits = model.classifier(features).double() / model.temperature.double()
-        return {"mahalanobis": model.ood.score(features, present).double().numpy(),
+        distance = model.ood.score(features, present)
+        return {"mahalanobis": distance.double().numpy(),
                 "max_softmax": (1 - torch.softmax(logits, dim=1).max(dim=1).values).numpy(),
                 "energy": (-model.temperature.double() * torch.logsumexp(logits, dim=1)).numpy(),
-                "in_distribution": model.ood.in_distribution(model.ood.score(features, present), present).numpy()}
+                "in_distribution": model.ood.in_distribution(distance, present).numpy()}
 
 
 def ood_table(test: dict[str, np.ndarray], ood: dict[str, np.ndarray], groups: list[str],
