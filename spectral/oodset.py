@@ -3,7 +3,7 @@
 The OOD flag is only worth something if real recordings unlike the training data get flagged, not
 just patterns any score separates. So the video comes from real camera photographs (scikit-image's
 bundled astronaut, cat, coffee, coins, bricks, grass, moon, ...) filmed by a moving virtual camera (pan and
-zoom, portrait or landscape), and from FFmpeg's lavfi sources (testsrc2, mandelbrot, life,
+zoom, portrait or landscape), and from FFmpeg's lavfi sources (testsrc2, sierpinski, life,
 cellauto) through PyAV; the audio is speech-like (a glottal pulse train through moving formant
 resonators, in syllables and pauses), pure tones, white noise or digital silence; the sensors follow
 physical processes the demo never records (walking, a car ride, a magnet next to the phone, a
@@ -24,11 +24,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from spectral.events import AUDIO_FILE, METADATA_FILE, SENSORS_FILE, VIDEO_FILE
+from spectral.synth import yuv420p_frame, yuv_planes
 
 AUDIO_RATE = 44_100
 PHOTOS = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "clock_motion.png", "coffee.png", "coins.png",
           "grass.png", "gravel.png", "moon.png", "motorcycle_left.png", "page.png", "rocket.jpg")
-LAVFI = {"testsrc2": "testsrc2=size={w}x{h}:rate={fps}", "mandelbrot": "mandelbrot=size={w}x{h}:rate={fps}",
+LAVFI = {"testsrc2": "testsrc2=size={w}x{h}:rate={fps}", "sierpinski": "sierpinski=size={w}x{h}:rate={fps}:seed={seed}",
          "life": "life=size={w}x{h}:rate={fps}:mold=10:ratio=0.3:seed={seed}",
          "cellauto": "cellauto=size={w}x{h}:rate={fps}:rule=30:seed={seed}"}
 VIDEO_SOURCES = ("real photo, moving camera", "real photo, moving camera", *LAVFI)
@@ -73,15 +74,17 @@ def _lavfi(source: str, seed: int, frames: int, w: int, h: int, fps: int) -> lis
 
 
 def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
-    """H.264 like a phone's, written single-threaded and bit-exact so a re-run gives the same files."""
+    """H.264 like a phone's, written single-threaded and bit-exact so a re-run gives the same files: the
+    frames go in as yuv420p built by the generator's own conversion (handing FFmpeg rgb24 at these widths
+    gave different bytes from run to run under load: swscale)."""
     with av.open(str(path), "w", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libx264", rate=fps, options={"preset": "veryfast", "crf": "23"})
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+        for index, frame in enumerate(frames):
+            for packet in stream.encode(yuv420p_frame(yuv_planes(frame.astype(np.float32)), index)):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -179,7 +182,7 @@ def write_ood_event(folder: Path, seed: int, index: int, seconds: float = 2.0, f
         images, detail = _lavfi(video_source, int(rng.integers(1, 2**31)), frames, w, h, fps), video_source
     else:
         photo = PHOTOS[int(rng.integers(len(PHOTOS)))]
-        w, h = (360, 640) if rng.random() < 0.5 else (640, 360)  # portrait or landscape phone
+        w, h = (384, 640) if rng.random() < 0.5 else (640, 384)  # portrait or landscape; widths of 64 k
         images, detail = _camera_move(rng, _photo(photo), frames, w, h), photo
     _write_video(folder / VIDEO_FILE, images, fps)
     sf.write(folder / AUDIO_FILE, _audio(rng, audio_source, seconds), AUDIO_RATE, subtype="PCM_16")

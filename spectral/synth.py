@@ -196,7 +196,7 @@ def _weighted_channels(rgb: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return rgb[..., 0] * weights[0] + rgb[..., 1] * weights[1] + rgb[..., 2] * weights[2]
 
 
-def _yuv_planes(rgb: np.ndarray) -> list[np.ndarray]:
+def yuv_planes(rgb: np.ndarray) -> list[np.ndarray]:
     """Offset-free BT.601 Y (full size) and U, V (2x2-averaged) planes of an RGB image.
 
     Offset-free planes are linear in RGB, so per-frame brightness is one multiply and
@@ -207,7 +207,7 @@ def _yuv_planes(rgb: np.ndarray) -> list[np.ndarray]:
             _weighted_channels(block, _RGB_TO_YUV[2])]
 
 
-def _yuv420p_frame(planes: list[np.ndarray], pts: int) -> av.VideoFrame:
+def yuv420p_frame(planes: list[np.ndarray], pts: int) -> av.VideoFrame:
     """An FFmpeg yuv420p frame ([Y; U; V] rows of width w).
 
     Handing FFmpeg rgb24 instead was measured to give different encoded bytes for identical
@@ -250,7 +250,7 @@ def _paint(planes: list[np.ndarray], x: int, y: int, mask: np.ndarray, alpha: fl
 
 def _render_video(rng: np.random.Generator, plan: _Plan, cfg: SynthConfig, path: Path) -> None:
     h, w = cfg.height, cfg.width
-    background = _yuv_planes(_room_background(rng, h, w))
+    background = yuv_planes(_room_background(rng, h, w))
     frames = int(round(cfg.fps * cfg.duration_s))
     sprite = _humanoid_sprite(int(h * rng.uniform(0.45, 0.7))).astype(np.float32)
     sh, sw = sprite.shape
@@ -281,7 +281,7 @@ def _render_video(rng: np.random.Generator, plan: _Plan, cfg: SynthConfig, path:
             if plan.humanoid_visible and visibility[i] > 0:
                 x = int(walk_from + (walk_to - walk_from) * progress)
                 _paint(planes, x, sprite_y, sprite, float(visibility[i]), sprite_yuv)
-            for packet in stream.encode(_yuv420p_frame(planes, i)):
+            for packet in stream.encode(yuv420p_frame(planes, i)):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
