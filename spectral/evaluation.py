@@ -26,6 +26,7 @@ import torch  # noqa: E402
 
 from spectral.data import CachedShardDataModule  # noqa: E402
 from spectral.models.artifact import load_model  # noqa: E402
+from spectral.models.calibration import calibrated_probabilities  # noqa: E402
 from spectral.models.fusion import SpectralFusionModel  # noqa: E402
 from spectral.models.modalities import MODALITIES, describe, presence_patterns  # noqa: E402
 from spectral.posthoc import branch_outputs, pattern_mask  # noqa: E402
@@ -119,13 +120,14 @@ def calibration_scores(probabilities: np.ndarray, labels: np.ndarray) -> dict[st
             "confidence": probabilities.max(axis=1), "correct": probabilities.argmax(axis=1) == labels}
 
 
-def calibration_table(logits: np.ndarray, labels: np.ndarray, temperature: float, draws: np.ndarray) -> dict:
-    """NLL, Brier and ECE of the softmax before and after temperature scaling, each with its bootstrap
-    interval (the same draws, so before and after are paired), and both reliability curves."""
-    table: dict = {"temperature": round(temperature, 4)}
+def calibration_table(logits: np.ndarray, labels: np.ndarray, temperature: float, label_noise: float,
+                      draws: np.ndarray) -> dict:
+    """NLL, Brier and ECE of the softmax before and after calibration, each with its bootstrap interval
+    (the same draws, so before and after are paired), and both reliability curves."""
+    table: dict = {"temperature": round(temperature, 4), "label_noise": round(label_noise, 5)}
     resampled = {}
-    for name, t in (("before", 1.0), ("after", temperature)):
-        scores = calibration_scores(_softmax(logits / t), labels)
+    for name, t, floor in (("before", 1.0, 0.0), ("after", temperature, label_noise)):
+        scores = calibration_scores(calibrated(logits, t, floor), labels)
         reliability, ece = reliability_bins(scores["confidence"], scores["correct"])
         resampled[name] = {"nll": scores["nll"][draws].mean(axis=1), "brier": scores["brier"][draws].mean(axis=1),
                            "ece": np.array([reliability_bins(scores["confidence"][d], scores["correct"][d])[1]
@@ -139,9 +141,8 @@ def calibration_table(logits: np.ndarray, labels: np.ndarray, temperature: float
     return table
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+def calibrated(logits: np.ndarray, temperature: float, label_noise: float) -> np.ndarray:
+    return calibrated_probabilities(torch.from_numpy(logits).double(), temperature, label_noise).numpy()
 
 
 @torch.no_grad()
@@ -187,14 +188,15 @@ def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
 
 
 def ood_scores(model: SpectralFusionModel, parts: list[torch.Tensor], present: torch.Tensor) -> dict[str, np.ndarray]:
-    """The exported detector's score and two alternatives measured against it: the calibrated softmax's
-    1 - max probability and the energy score -T·logsumexp(logits / T) (Liu et al., NeurIPS 2020)."""
+    """The exported detector's score and two alternatives measured against it: 1 - the calibrated
+    probabilities' max and the energy score -T·logsumexp(logits / T) (Liu et al., NeurIPS 2020)."""
     with torch.no_grad():
         features = model.fused(parts, present)
-        logits = model.classifier(features).double() / model.temperature.double()
+        raw = model.classifier(features).double()
+        logits = raw / model.temperature.double()
         distance = model.ood.score(features, present)
         return {"mahalanobis": distance.double().numpy(),
-                "max_softmax": (1 - torch.softmax(logits, dim=1).max(dim=1).values).numpy(),
+                "max_softmax": (1 - model.calibrate(raw).max(dim=1).values).numpy(),
                 "energy": (-model.temperature.double() * torch.logsumexp(logits, dim=1)).numpy(),
                 "in_distribution": model.ood.in_distribution(distance, present).numpy()}
 
@@ -249,10 +251,11 @@ def _plot_reliability(calibration: dict, path: Path) -> None:
     for name, style in (("before", "s:"), ("after", "o-")):
         rows = calibration[name]["reliability"]
         ax.plot([r["bin_confidence"] for r in rows], [r["accuracy"] for r in rows], style,
-                label=f"{name} temperature scaling (ECE {calibration[name]['ece']:.3f})")
+                label=f"{name} calibration (ECE {calibration[name]['ece']:.3f})")
     ax.set_xlabel("confidence (equal-mass bins, ≥ 10 test events each)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability (T = {calibration['temperature']:.2f})")
+    ax.set_title(f"Reliability (T = {calibration['temperature']:.2f}, "
+                 f"label noise {calibration.get('label_noise', 0.0):.1%})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -273,7 +276,8 @@ def format_report(metrics: dict) -> str:
     for name, row in metrics["per_class"].items():
         lines.append(f"{name:<28}{row['precision']:>10.3f}{row['recall']:>8.3f}{row['f1']:>7.3f}{row['support']:>5}")
     if calibration := metrics.get("calibration"):
-        lines += ["", f"calibration (temperature {calibration['temperature']:.3f}, fitted on validation)",
+        lines += ["", f"calibration (temperature {calibration['temperature']:.3f}, label noise "
+                      f"{calibration.get('label_noise', 0.0):.1%}, fitted on validation)",
                   f"{'':<8}{'NLL':>22}{'Brier':>22}{'ECE':>22}"]
         for name in ("before", "after"):
             row = calibration[name]
@@ -368,12 +372,12 @@ def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path
         raise ValueError(f"the test split in {embed_dir} is empty: add events or raise decode.splits.test")
     draws = bootstrap_draws(labels.size)
     logits = _logits(model, test_parts, present)
-    temperature = float(model.temperature)
-    probabilities = _softmax(logits / temperature)
+    temperature, label_noise = float(model.temperature), float(model.label_noise)
+    probabilities = calibrated(logits, temperature, label_noise)
     metrics = classification_metrics(probabilities, labels, class_names)
     preds = probabilities.argmax(axis=1)
     metrics["intervals"] = bootstrap_intervals(preds, labels, len(class_names))
-    metrics["calibration"] = calibration_table(logits, labels, temperature, draws)
+    metrics["calibration"] = calibration_table(logits, labels, temperature, label_noise, draws)
     if ood_dir is not None:
         from spectral.events import find_event_folders
 

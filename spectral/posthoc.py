@@ -1,9 +1,9 @@
-"""After training, before export: fit the softmax temperature and the out-of-distribution detector.
+"""After training, before export: fit the calibration and the out-of-distribution detector.
 
 Both are fitted on held-out data the optimiser never saw, in one pass over cached branch
 embeddings (the branches are the expensive part; the seven modality patterns only re-run the
-small fusion MLP). Temperature scaling (Guo et al., ICML 2017) divides the logits by one scalar
-fitted for validation NLL: it changes confidences, never the predicted class. The detector's
+small fusion MLP). The calibration, a temperature and a label-noise floor (spectral.models.calibration),
+is fitted for validation NLL: it changes confidences, never the predicted class. The detector's
 statistics come from the training split and its thresholds from validation (spectral.models.ood).
 """
 
@@ -15,12 +15,15 @@ import math
 import numpy as np
 import torch
 
+from spectral.models.calibration import MAX_LABEL_NOISE, calibrated_probabilities
 from spectral.models.fusion import SpectralFusionModel
 from spectral.models.modalities import describe, presence_patterns
 
 log = logging.getLogger(__name__)
 MIN_VALIDATION_EVENTS = 100  # below this the temperature and the 95 % thresholds are rough: said, not refused
-TEMPERATURE_GRID = torch.exp(torch.linspace(math.log(0.05), math.log(20.0), 2001, dtype=torch.float64))
+# log grids: T over 0.05–20, ε over 1e-4–MAX_LABEL_NOISE plus 0; coarse, then fine around the coarse best
+TEMPERATURE_RANGE, LABEL_NOISE_RANGE = (0.05, 20.0), (1e-4, MAX_LABEL_NOISE)
+COARSE_STEPS, FINE_STEPS = 200, 20
 
 
 @torch.no_grad()
@@ -41,32 +44,67 @@ def pattern_mask(present: torch.Tensor, pattern: tuple[bool, ...]) -> torch.Tens
     return present & torch.tensor(pattern).expand_as(present)
 
 
-def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> float:
-    return float(torch.nn.functional.cross_entropy(logits.double() / temperature, labels))
+def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, label_noise: float = 0.0) -> float:
+    probabilities = calibrated_probabilities(logits.double(), temperature, label_noise)
+    return float(-probabilities[torch.arange(len(labels)), torch.as_tensor(labels)].log().mean())
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The T minimising NLL of softmax(logits / T) on a log grid from 0.05 to 20 (step 0.3 %): a grid, not
-    an optimiser, so the same logits give the same T on every machine."""
+def _log_grid(low: float, high: float, steps: int) -> torch.Tensor:
+    return torch.exp(torch.linspace(math.log(low), math.log(high), steps + 1, dtype=torch.float64))
+
+
+def _grid_nll(logits: torch.Tensor, labels: torch.Tensor, temperatures: torch.Tensor,
+              floors: torch.Tensor) -> torch.Tensor:
+    """[T, ε] NLL of calibrated_probabilities over every pair of the two grids (one T at a time: memory
+    stays [ε, events])."""
+    floors, rows = floors[:, None], torch.arange(len(labels))
+    losses = []
+    for temperature in temperatures:
+        picked = torch.softmax(logits / temperature, dim=1)[rows, labels]
+        losses.append(-((1 - floors) * picked + floors / (logits.shape[1] - 1) * (1 - picked)).log().mean(dim=1))
+    return torch.stack(losses)
+
+
+def fit_calibration(logits: torch.Tensor, labels: torch.Tensor, label_noise: bool = True) -> tuple[float, float]:
+    """(T, ε) minimising the NLL of calibrated_probabilities: a log grid (T in 0.05–20, ε in 0 and
+    1e-4–0.4), then a 10× finer grid one coarse step either side of its best (T to ~0.3 %, ε to ~1 %).
+    A grid, not an optimiser, so the same logits give the same calibration on every machine. Fitting ε
+    with T keeps a few mislabeled events from inflating T. label_noise=False: temperature scaling alone
+    (ε = 0), the baseline bench/calibration.py measures against."""
     logits, labels = logits.double(), torch.as_tensor(labels)
-    losses = torch.stack([torch.nn.functional.cross_entropy(logits / t, labels) for t in TEMPERATURE_GRID])
-    return float(TEMPERATURE_GRID[int(losses.argmin())])
+    temperatures = _log_grid(*TEMPERATURE_RANGE, COARSE_STEPS)
+    floors = torch.zeros(1, dtype=torch.float64)
+    if label_noise:
+        floors = torch.cat([floors, _log_grid(*LABEL_NOISE_RANGE, COARSE_STEPS // 2)])
+    losses = _grid_nll(logits, labels, temperatures, floors)
+    t, e = divmod(int(losses.argmin()), len(floors))
+    fine_t = _log_grid(float(temperatures[max(t - 1, 0)]), float(temperatures[min(t + 1, len(temperatures) - 1)]),
+                       FINE_STEPS)
+    fine_e = floors[e:e + 1] if e == 0 else _log_grid(float(floors[max(e - 1, 1)]),
+                                                      float(floors[min(e + 1, len(floors) - 1)]), FINE_STEPS)
+    if e == 1:  # the coarse best is the smallest non-zero floor: zero stays a candidate
+        fine_e = torch.cat([torch.zeros(1, dtype=torch.float64), fine_e])
+    losses = _grid_nll(logits, labels, fine_t, fine_e)
+    t, e = divmod(int(losses.argmin()), len(fine_e))
+    return float(fine_t[t]), float(fine_e[e])
 
 
 @torch.no_grad()
 def fit_posthoc(model: SpectralFusionModel, train_loader, val_loader) -> dict:
-    """Set model.temperature and model.ood in place (model in eval mode); return what was fitted."""
+    """Set model.temperature, model.label_noise and model.ood in place (model in eval mode); return what
+    was fitted."""
     model.eval()
     train_parts, train_present, train_labels = branch_outputs(model, train_loader)
     val_parts, val_present, val_labels = branch_outputs(model, val_loader)
     warning = None
     if len(val_labels) < MIN_VALIDATION_EVENTS:
-        warning = (f"only {len(val_labels)} validation events fitted the temperature and the OOD thresholds "
+        warning = (f"only {len(val_labels)} validation events fitted the calibration and the OOD thresholds "
                    f"(a 95 % threshold needs ~{MIN_VALIDATION_EVENTS}+): raise splits.val or add events")
         log.warning(warning)
     val_logits = model.classify(*val_parts, val_present)
-    temperature = fit_temperature(val_logits, torch.from_numpy(val_labels))
+    temperature, label_noise = fit_calibration(val_logits, torch.from_numpy(val_labels))
     model.temperature.fill_(temperature)
+    model.label_noise.fill_(label_noise)
     thresholds = {}
     for index, pattern in enumerate(presence_patterns()):
         # events kept without a modality (missing_modality: keep) may have none of this pattern's: left out
@@ -81,9 +119,9 @@ def fit_posthoc(model: SpectralFusionModel, train_loader, val_loader) -> dict:
         model.ood.set_threshold(index, model.ood.score(val_features, val_mask[val_rows]))
         thresholds[describe(pattern)] = round(float(model.ood.threshold[index]), 4)
     model.ood.fitted.fill_(True)
-    fitted = {"temperature": round(temperature, 4),
+    fitted = {"temperature": round(temperature, 4), "label_noise": round(label_noise, 5),
               "val_nll_before": round(nll(val_logits, torch.from_numpy(val_labels)), 4),
-              "val_nll_after": round(nll(val_logits, torch.from_numpy(val_labels), temperature), 4),
+              "val_nll_after": round(nll(val_logits, torch.from_numpy(val_labels), temperature, label_noise), 4),
               "ood_thresholds": thresholds, "fit_events": {"train": len(train_labels), "val": len(val_labels)},
               "warning": warning}
     log.info("post-hoc fit: %s", fitted)

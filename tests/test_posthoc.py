@@ -1,22 +1,47 @@
 import numpy as np
 import torch
 
-from spectral.posthoc import fit_temperature, nll
+from spectral.models.calibration import MAX_LABEL_NOISE, calibrated_probabilities
+from spectral.posthoc import fit_calibration, nll
 
 
-def test_temperature_scaling_recovers_a_known_overconfidence():
-    """Labels drawn from softmax(z); the model reports 3z (overconfident): the fitted T is ~3 and lowers NLL."""
-    rng = np.random.default_rng(0)
-    true_logits = torch.from_numpy(rng.normal(0, 1.5, (4000, 4)))
-    labels = torch.multinomial(torch.softmax(true_logits, dim=1), 1, generator=torch.Generator().manual_seed(0))[:, 0]
-    temperature = fit_temperature(3 * true_logits, labels)
-    assert abs(temperature - 3) < 0.25
-    assert nll(3 * true_logits, labels, temperature) < nll(3 * true_logits, labels)
-    assert fit_temperature(3 * true_logits, labels) == temperature  # a grid: same logits, same T
+def _labels_from(true_logits: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.multinomial(torch.softmax(true_logits, dim=1), 1, generator=generator)[:, 0]
 
 
-def test_temperature_never_changes_the_predicted_class():
+def test_calibration_recovers_a_known_overconfidence():
+    """Labels drawn from softmax(z); the model reports 3z (overconfident): the fitted T is ~3, no label
+    noise is invented, and NLL drops."""
+    true_logits = torch.from_numpy(np.random.default_rng(0).normal(0, 1.5, (4000, 4)))
+    labels = _labels_from(true_logits)
+    temperature, label_noise = fit_calibration(3 * true_logits, labels)
+    assert abs(temperature - 3) < 0.25 and label_noise < 0.01
+    assert nll(3 * true_logits, labels, temperature, label_noise) < nll(3 * true_logits, labels)
+    assert fit_calibration(3 * true_logits, labels) == (temperature, label_noise)  # a grid: same logits, same fit
+
+
+def test_calibration_recovers_a_known_label_noise_where_temperature_alone_is_hijacked():
+    """A calibrated, confident model (labels drawn from softmax(z)) whose labels are then flipped to
+    another class 3 % of the time, as the demo's generator does: the joint fit finds ε ≈ 3 % with T ≈ 1,
+    while temperature alone (ε held at 0) must soften every event to pay for the flips."""
+    rng = np.random.default_rng(1)
+    true_logits = torch.from_numpy(rng.normal(0, 6.0, (4000, 4)))
+    labels = _labels_from(true_logits, seed=1)
+    flipped = torch.from_numpy(rng.random(4000) < 0.03)
+    labels[flipped] = (labels[flipped] + torch.from_numpy(rng.integers(1, 4, int(flipped.sum())))) % 4
+    temperature, label_noise = fit_calibration(true_logits, labels)
+    assert abs(label_noise - 0.03) < 0.01 and abs(temperature - 1) < 0.15
+    temperature_alone = min((nll(true_logits, labels, t), t) for t in np.exp(np.linspace(-1, 2, 301)))[1]
+    assert temperature_alone > 1.5
+    assert nll(true_logits, labels, temperature, label_noise) < nll(true_logits, labels, temperature_alone)
+
+
+def test_calibration_never_changes_the_predicted_class():
     logits = torch.randn(50, 4, generator=torch.Generator().manual_seed(1))
-    labels = torch.randint(0, 4, (50,), generator=torch.Generator().manual_seed(2))
-    temperature = fit_temperature(logits, labels)
-    assert torch.equal((logits / temperature).argmax(dim=1), logits.argmax(dim=1))
+    labels = torch.randint(0, 4, (50,), generator=torch.Generator().manual_seed(2))  # pure noise
+    fitted = fit_calibration(logits, labels)
+    for temperature, label_noise in (fitted, (0.05, MAX_LABEL_NOISE), (20.0, MAX_LABEL_NOISE)):
+        probabilities = calibrated_probabilities(logits, temperature, label_noise)
+        assert torch.equal(probabilities.argmax(dim=1), logits.argmax(dim=1))
+        torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(50))

@@ -71,7 +71,7 @@ def cached_split(embedded, sensor_table, split="test"):
 def test_exported_model_gives_the_best_checkpoints_logits(trained, embedded, sensor_table):
     out, summary = trained
     payload = torch.load(out / "model.pt", weights_only=True)
-    assert payload["format"] == "spectral-model/3"
+    assert payload["format"] == "spectral-model/4"
     model, config = load_model(out / "model.pt")
     assert config["class_names"][3] == "Forma_Humanoide_Potencial" and len(config["sensor_features"]) == 15
     assert config["backbone"]["weights"].startswith("packaged:") and config["video"]["num_frames"] == 4
@@ -82,6 +82,7 @@ def test_exported_model_gives_the_best_checkpoints_logits(trained, embedded, sen
         torch.testing.assert_close(model(video, audio, sensors), best.model(video, audio, sensors), rtol=0, atol=0)
     fitted = summary["posthoc"]
     assert float(model.temperature) == pytest.approx(fitted["temperature"], abs=1e-4) and bool(model.ood.fitted)
+    assert float(model.label_noise) == pytest.approx(fitted["label_noise"], abs=1e-5)
     assert torch.isfinite(model.ood.threshold).all() and len(fitted["ood_thresholds"]) == 7
     provenance = config["provenance"]
     assert len(provenance["embeddings_sha256"]) == 64 and len(provenance["sensors_sha256"]) == 64
@@ -455,11 +456,13 @@ def test_auroc_and_calibration_known_answers():
     assert auroc(np.array([1.0, 1.0]), np.array([1.0])) == 0.5
     logits = np.log(np.array([[0.9, 0.1]] * 10 + [[0.6, 0.4]] * 10))  # 0.9 all right, 0.6: 3 of 10 right
     labels = np.array([0] * 10 + [0] * 3 + [1] * 7)
-    table = calibration_table(logits, labels, 1.0, bootstrap_draws(20))
+    table = calibration_table(logits, labels, 1.0, 0.0, bootstrap_draws(20))
     assert table["before"] == table["after"] and table["before"]["ece"] == pytest.approx(0.2)
     assert table["change_interval"] == {"nll": [0.0, 0.0], "brier": [0.0, 0.0], "ece": [0.0, 0.0]}
-    softened = calibration_table(logits, labels, 2.0, bootstrap_draws(20))  # 0.9 → 0.75: closer to 100 % right
+    softened = calibration_table(logits, labels, 2.0, 0.0, bootstrap_draws(20))  # 0.9 → 0.75: closer to 100 % right
     assert softened["after"]["nll"] != softened["before"]["nll"] and softened["change_interval"]["nll"][0] != 0
+    floored = calibration_table(logits, labels, 1.0, 0.1, bootstrap_draws(20))  # 0.9 → 0.9·0.9 + 0.1·0.1 = 0.82
+    assert floored["after"]["reliability"][-1]["bin_confidence"] == pytest.approx(0.82)
     expected_nll = -(10 * np.log(0.9) + 3 * np.log(0.6) + 7 * np.log(0.4)) / 20
     assert table["before"]["nll"] == pytest.approx(expected_nll, abs=1e-4)
     expected_brier = (10 * 2 * 0.1**2 + 3 * 2 * 0.4**2 + 7 * 2 * 0.6**2) / 20

@@ -8,8 +8,9 @@ Every sample carries a presence mask (spectral.models.modalities): a branch whos
 contributes a learned "absent" embedding instead of its output, so the fusion MLP knows "no
 microphone" from "a quiet room". Training replaces present branches by it at random (modality
 dropout) so that the absent embedding is learned and the model does not lean on one modality.
-The exported model also carries its softmax temperature (fitted on validation) and an
-out-of-distribution detector on the fused features (spectral.models.ood).
+The exported model also carries its calibration, a softmax temperature and a label-noise floor fitted on
+validation (spectral.models.calibration), and an out-of-distribution detector on the fused features
+(spectral.models.ood).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 
 from spectral.models.audio import AudioEncoder
 from spectral.models.backbone import FrameEncoder
+from spectral.models.calibration import calibrated_probabilities
 from spectral.models.modalities import MODALITIES
 from spectral.models.ood import MahalanobisDetector
 from spectral.models.sensor import SensorEncoder
@@ -60,7 +62,9 @@ class SpectralFusionModel(nn.Module):
             nn.Linear(512, FUSED_DIM), nn.ReLU(), nn.Dropout(0.3),
         )
         self.classifier = nn.Linear(FUSED_DIM, num_classes)
-        self.register_buffer("temperature", torch.ones(()))  # 1 until spectral.calibration fits it
+        # identity until spectral.posthoc fits them on validation
+        self.register_buffer("temperature", torch.ones(()))
+        self.register_buffer("label_noise", torch.zeros(()))
         self.ood = MahalanobisDetector(num_classes, FUSED_DIM)
 
     def branch_embeddings(self, video: torch.Tensor, audio: torch.Tensor,
@@ -84,15 +88,19 @@ class SpectralFusionModel(nn.Module):
                 present: torch.Tensor | None = None) -> torch.Tensor:
         return self.classify(*self.branch_embeddings(video, audio, sensors), present)
 
+    def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits → the calibrated probabilities `spectral predict` and evaluation report."""
+        return calibrated_probabilities(logits, self.temperature, self.label_noise)
+
     @torch.no_grad()
     def predict(self, video: torch.Tensor, audio: torch.Tensor, sensors: torch.Tensor,
                 present: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Calibrated softmax (logits / temperature) with class indices and confidences, and the
-        out-of-distribution score and flag."""
+        """Calibrated probabilities with class indices and confidences, and the out-of-distribution
+        score and flag."""
         if present is None:
             present = torch.ones(video.shape[0], len(MODALITIES), dtype=torch.bool, device=video.device)
         features = self.fused(self.branch_embeddings(video, audio, sensors), present)
-        probabilities = torch.softmax(self.classifier(features) / self.temperature, dim=1)
+        probabilities = self.calibrate(self.classifier(features))
         confidence, index = probabilities.max(dim=1)
         scores = self.ood.score(features, present)
         return {"index": index, "confidence": confidence, "probabilities": probabilities,
