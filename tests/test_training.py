@@ -448,6 +448,23 @@ def test_evaluate_scores_an_ood_set_and_writes_the_headline(trained, embedded, s
         assert {row["calibration"] for row in csv.DictReader(f)} == {"before", "after"}
 
 
+def test_calibration_benchmark_scores_each_choice_against_recorded_and_true_classes(trained, embedded, sensor_table,
+                                                                                  tiny_events, monkeypatch):
+    """bench/calibration.py's per-seed measurement on the tiny model: the three calibrations fitted on
+    validation, scored on test against the recorded labels and the generator's true classes."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    from calibration import CALIBRATIONS, measure_seed
+
+    out, _ = trained
+    result = measure_seed(out / "model.pt", embedded, sensor_table, tiny_events)
+    assert result["test_events"] > 0 and result["test_flipped_labels"] is not None
+    assert (result["none"]["temperature"], result["none"]["label_noise"]) == (1.0, 0.0)
+    assert result["temperature"]["label_noise"] == 0.0 and result["temperature"]["temperature"] > 0
+    for name in CALIBRATIONS:
+        for target in ("test", "test_true_class"):
+            assert set(result[name][target]) == {"nll", "brier", "ece"} and result[name][target]["nll"] > 0
+
+
 def test_auroc_and_calibration_known_answers():
     from spectral.evaluation import auroc, bootstrap_draws, calibration_table
 
