@@ -12,7 +12,6 @@ truth rather than the flipped labels.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from common import write_result
+from common import pipeline_outputs_parser, write_result
 from modality_dropout import train_model
 
 from spectral.data import CachedShardDataModule
@@ -73,11 +72,7 @@ def measure_seed(model_path: Path, embeddings: Path, sensors: Path, events_dir: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
-    parser.add_argument("--embeddings", type=Path, default=Path("data/embeddings"))
-    parser.add_argument("--sensors", type=Path, default=Path("data/sensors.parquet"))
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser = pipeline_outputs_parser(__doc__)
     parser.add_argument("--seeds", type=int, nargs="*", default=[42, 1, 2, 3, 4])
     args = parser.parse_args()
     params = yaml.safe_load(args.params.read_text(encoding="utf-8"))

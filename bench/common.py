@@ -1,7 +1,8 @@
-"""What every benchmark records: the machine it ran on, and where its JSON goes."""
+"""What every benchmark records: the machine it ran on, and where its JSON goes; the pipeline-output arguments."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -33,3 +34,14 @@ def write_result(name: str, result: dict) -> Path:
     path.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n", encoding="utf-8")
     print(f"machine: {machine()}\nwrote {path}")
     return path
+
+
+def pipeline_outputs_parser(description: str) -> argparse.ArgumentParser:
+    """Arguments of the benchmarks that measure what the demo pipeline made: its model, embeddings,
+    sensors table and params, at their dvc.yaml paths by default."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
+    parser.add_argument("--embeddings", type=Path, default=Path("data/embeddings"))
+    parser.add_argument("--sensors", type=Path, default=Path("data/sensors.parquet"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    return parser

@@ -15,7 +15,6 @@ embedding can do). The issue's bar: the candidate loses at most half the baselin
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from dataclasses import replace
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from common import write_result
+from common import pipeline_outputs_parser, write_result
 
 from spectral.data import CachedShardDataModule
 from spectral.evaluation import bootstrap_draws, macro_f1_draws, percentile_interval
@@ -117,11 +116,7 @@ def compare(baseline, model_path: Path, embeddings: Path, sensors: Path, split: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
-    parser.add_argument("--embeddings", type=Path, default=Path("data/embeddings"))
-    parser.add_argument("--sensors", type=Path, default=Path("data/sensors.parquet"))
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser = pipeline_outputs_parser(__doc__)
     parser.add_argument("--split", choices=("val", "test"), default="test")
     parser.add_argument("--seeds", type=int, nargs="*", default=[], help="training seeds (default: params' seed)")
     args = parser.parse_args()
