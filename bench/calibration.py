@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from math import comb
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,17 @@ def _true_labels(events: list[str], events_dir: Path, class_names: list[str]) ->
     return np.array(truth)
 
 
+def flipped_label_ranks(logits: np.ndarray, flipped: np.ndarray) -> dict:
+    """Where the mislabeled test events sit among the uncalibrated confidences (0 = most confident),
+    and the chance that none would sit above the highest of them were they placed at random: a floor
+    for label noise lowers every top confidence, and only mislabeled events up there make that pay."""
+    confidence = calibrated(logits, 1.0, 0.0).max(axis=1)
+    ranks = np.flatnonzero(flipped[np.argsort(-confidence, kind="stable")])
+    n, k = flipped.size, int(ranks.min()) if ranks.size else flipped.size
+    return {"ranks": ranks.tolist(), "events_above_all": k,
+            "chance_none_above": round(comb(n - k, ranks.size) / comb(n, ranks.size), 4) if ranks.size else None}
+
+
 def measure_seed(model_path: Path, embeddings: Path, sensors: Path, events_dir: Path) -> dict:
     model, config = load_model(model_path)
     data = CachedShardDataModule(embeddings, sensors, batch_size=32)
@@ -62,6 +74,8 @@ def measure_seed(model_path: Path, embeddings: Path, sensors: Path, events_dir: 
     truth = _true_labels(data.used_events("test"), events_dir, config["class_names"])
     result = {"val_events": int(labels["val"].size), "test_events": int(labels["test"].size),
               "test_flipped_labels": None if truth is None else int((truth != labels["test"]).sum())}
+    if truth is not None:
+        result["test_flipped"] = flipped_label_ranks(logits["test"].numpy(), truth != labels["test"])
     for name, (temperature, label_noise) in fits.items():
         probabilities = calibrated(logits["test"].numpy(), temperature, label_noise)
         result[name] = {"temperature": round(temperature, 4), "label_noise": round(label_noise, 5),
@@ -93,6 +107,10 @@ def main() -> None:
     first = next(iter(runs.values()))
     print(f"fitted on {first['val_events']} validation events, scored on {first['test_events']} test events; "
           f"ECE over equal-mass bins of >= 10 events")
+    if flipped := first.get("test_flipped"):
+        print(f"test labels flipped by the generator: {first['test_flipped_labels']}, none among the "
+              f"{flipped['events_above_all']} most confident events of seed {args.seeds[0]} "
+              f"(chance at random {flipped['chance_none_above']})")
     print(f"{'seed':<6}{'calibration':<27}{'T':>7}{'noise':>8}" + "".join(
         f"{target + ' ' + metric:>22}" for target in targets for metric in ("nll", "brier", "ece")))
     for seed, run in runs.items():

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from spectral.models.calibration import MAX_LABEL_NOISE, calibrated_probabilities
+from spectral.models.calibration import MAX_LABEL_NOISE, calibrated_probabilities, with_label_noise
 from spectral.models.fusion import SpectralFusionModel
 from spectral.models.modalities import describe, presence_patterns
 
@@ -61,7 +61,7 @@ def _grid_nll(logits: torch.Tensor, labels: torch.Tensor, temperatures: torch.Te
     losses = []
     for temperature in temperatures:
         picked = torch.softmax(logits / temperature, dim=1)[rows, labels]
-        losses.append(-((1 - floors) * picked + floors / (logits.shape[1] - 1) * (1 - picked)).log().mean(dim=1))
+        losses.append(-with_label_noise(picked, floors, logits.shape[1]).log().mean(dim=1))
     return torch.stack(losses)
 
 

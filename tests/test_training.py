@@ -458,11 +458,21 @@ def test_calibration_benchmark_scores_each_choice_against_recorded_and_true_clas
     out, _ = trained
     result = measure_seed(out / "model.pt", embedded, sensor_table, tiny_events)
     assert result["test_events"] > 0 and result["test_flipped_labels"] is not None
+    assert len(result["test_flipped"]["ranks"]) == result["test_flipped_labels"]
     assert (result["none"]["temperature"], result["none"]["label_noise"]) == (1.0, 0.0)
     assert result["temperature"]["label_noise"] == 0.0 and result["temperature"]["temperature"] > 0
     for name in CALIBRATIONS:
         for target in ("test", "test_true_class"):
             assert set(result[name][target]) == {"nll", "brier", "ece"} and result[name][target]["nll"] > 0
+
+
+def test_flipped_label_ranks_known_answer(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    from calibration import flipped_label_ranks
+
+    logits = np.array([[5.0, 0.0], [1.0, 0.0], [3.0, 0.0], [0.1, 0.0]])  # confidence order: 0, 2, 1, 3
+    ranks = flipped_label_ranks(logits, np.array([False, True, False, True]))
+    assert ranks == {"ranks": [2, 3], "events_above_all": 2, "chance_none_above": round(1 / 6, 4)}
 
 
 def test_auroc_and_calibration_known_answers():

@@ -40,7 +40,8 @@ def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[Sp
     """(model in eval mode with its frame encoder attached, config)."""
     payload = torch.load(Path(path), map_location=map_location, weights_only=True)
     if payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} file (format={payload.get('format')!r})")
+        raise ValueError(f"{path}: not a {FORMAT} file (format={payload.get('format')!r}); a model exported by "
+                         f"an earlier version must be trained again (dvc repro train)")
     config = payload["config"]
     info = BackboneInfo(**{**config["backbone"], "mean": tuple(config["backbone"]["mean"]),
                            "std": tuple(config["backbone"]["std"])})

@@ -9,8 +9,9 @@ probability ε gives the probability of the *recorded* label,
 
     p = (1 - ε) · softmax(z / T) + ε / (K - 1) · (1 - softmax(z / T)),
 
-and fitting T and ε together recovers the generator's own noise rate (ε ≈ 0.029 for 3 %) with T ≈ 1.
-Both are monotone in the softmax for ε < (K - 1) / K, so the predicted class never changes.
+and fitting T and ε together recovers the generator's own noise rate (ε 0.022–0.029 for 3 %, T 0.6–0.9
+over five seeds). The floor is increasing in the softmax for ε < (K - 1) / K, so the predicted class never
+changes.
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ import torch
 MAX_LABEL_NOISE = 0.4  # below (K - 1) / K for any K ≥ 2: the floor never changes which class is largest
 
 
+def with_label_noise(probabilities: torch.Tensor, label_noise: float | torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Elementwise: the probability that a label reads c, given the probability that c is the truth."""
+    return (1 - label_noise) * probabilities + label_noise / (num_classes - 1) * (1 - probabilities)
+
+
 def calibrated_probabilities(logits: torch.Tensor, temperature: float | torch.Tensor,
                              label_noise: float | torch.Tensor) -> torch.Tensor:
     """[B, K] probabilities of the class a label would carry, from [B, K] logits."""
-    probabilities = torch.softmax(logits / temperature, dim=1)
-    return (1 - label_noise) * probabilities + label_noise / (logits.shape[1] - 1) * (1 - probabilities)
+    return with_label_noise(torch.softmax(logits / temperature, dim=1), label_noise, logits.shape[1])

@@ -1,6 +1,8 @@
 import numpy as np
+import pytest
 import torch
 
+from spectral.models.artifact import load_model
 from spectral.models.audio import AudioEncoder
 from spectral.models.fusion import SpectralFusionModel
 from spectral.models.sensor import SensorEncoder
@@ -64,3 +66,9 @@ def test_an_events_audio_features_do_not_depend_on_its_batch():
     assert (batch_floor - alone[:, 0]).abs().max() > 5  # which this test would have caught
     with torch.no_grad():
         torch.testing.assert_close(encoder(quiet), encoder(torch.cat([loud, quiet, quiet]))[1:2])
+
+
+def test_a_model_file_of_an_earlier_format_is_refused_with_the_remedy(tmp_path):
+    torch.save({"format": "spectral-model/3", "config": {}, "state_dict": {}}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match=r"spectral-model/3.*dvc repro train"):
+        load_model(tmp_path / "old.pt")
