@@ -178,11 +178,11 @@ def write_ood_event(folder: Path, seed: int, index: int, seconds: float = 2.0, f
     frames = int(seconds * fps)
     folder.mkdir(parents=True, exist_ok=True)
     if video_source in LAVFI:
-        w, h = (320, 240)
+        w, h = (384, 288)
         images, detail = _lavfi(video_source, int(rng.integers(1, 2**31)), frames, w, h, fps), video_source
     else:
         photo = PHOTOS[int(rng.integers(len(PHOTOS)))]
-        w, h = (384, 640) if rng.random() < 0.5 else (640, 384)  # portrait or landscape; widths of 64 k
+        w, h = (384, 640) if rng.random() < 0.5 else (640, 384)  # portrait or landscape; widths of 128 k
         images, detail = _camera_move(rng, _photo(photo), frames, w, h), photo
     _write_video(folder / VIDEO_FILE, images, fps)
     sf.write(folder / AUDIO_FILE, _audio(rng, audio_source, seconds), AUDIO_RATE, subtype="PCM_16")

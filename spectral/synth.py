@@ -44,10 +44,12 @@ class SynthConfig:
     label_noise: float = 0.03
 
     def __post_init__(self) -> None:
-        # x264 reads chroma rows in whole SIMD words: at other widths it picked up uninitialised row
-        # padding and gave different bytes for identical frames (measured at 96 px, not at 64/128/640).
-        if self.width % 64 or self.height % 4 or self.height < 16:
-            raise ValueError(f"video width must be a multiple of 64 and height a multiple of 4, "
+        # x264 reads chroma rows in whole 64-byte SIMD words, past the end of the last row when the chroma
+        # width (half the width) is not a multiple of 64: there FFmpeg's frame buffer is uninitialised, and
+        # identical frames gave different bytes from process to process under load (measured at widths 64,
+        # 96 and 320; never at 128, 384 or 640).
+        if self.width % 128 or self.height % 4 or self.height < 16:
+            raise ValueError(f"video width must be a multiple of 128 and height a multiple of 4, "
                              f"got {self.width}x{self.height}")
 
 

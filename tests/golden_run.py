@@ -1,4 +1,5 @@
-"""A small fixed synth -> decode -> sensors run, digested file by file: the portable proof of determinism.
+"""A small fixed synth -> decode -> sensors run and a short OOD set, digested file by file: the portable proof
+of determinism.
 
 `python tests/golden_run.py` prints the digests; `--update` rewrites tests/golden_digests.json
 (run it, via `make golden`, when a change is meant to alter these bytes, and say why in the
@@ -22,6 +23,7 @@ import soundfile as sf
 
 from spectral.decode import DecodeConfig, run_decode
 from spectral.features.table import run_sensors
+from spectral.oodset import VIDEO_SOURCES, write_ood_event
 from spectral.synth import SynthConfig, generate
 
 DIGESTS = Path(__file__).with_name("golden_digests.json")
@@ -46,6 +48,8 @@ def run(root: Path) -> dict[str, str]:
     os.chdir(root)
     run_decode(Path("events"), Path("decoded"), DECODE)
     run_sensors(Path("events"), Path("sensors.parquet"), DECODE.splits)
+    for index in range(len(VIDEO_SOURCES)):  # one event per video source: the photo crops and every lavfi one
+        write_ood_event(Path("ood") / f"event_ood_{index:05d}", seed=0, index=index, seconds=0.5)
     files = [p for p in sorted(root.rglob("*")) if p.is_file()]
     return {p.relative_to(root).as_posix(): hashlib.sha256(_portable_bytes(p)).hexdigest() for p in files}
 

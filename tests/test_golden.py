@@ -1,4 +1,4 @@
-"""Synth, decode and sensors give the committed bytes, whatever CPU kernels numpy and OpenBLAS pick.
+"""Synth, decode, sensors and the OOD set give the committed bytes, whatever CPU kernels numpy and OpenBLAS pick.
 
 The digests in golden_digests.json were made on one machine; this test recomputes them here,
 also with numpy's SIMD dispatch narrowed to the x86-64-v2 baseline, OpenBLAS forced onto other

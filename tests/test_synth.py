@@ -18,7 +18,7 @@ def tree_digest(root):
 
 
 def test_same_seed_gives_identical_bytes_whatever_the_workers(tmp_path):
-    cfg = SynthConfig(fps=10, duration_s=1.0, width=64, height=48)
+    cfg = SynthConfig(fps=10, duration_s=1.0, width=128, height=48)
     generate(tmp_path / "a", 3, seed=5, cfg=cfg, workers=1)
     generate(tmp_path / "b", 3, seed=5, cfg=cfg, workers=2)
     generate(tmp_path / "c", 3, seed=6, cfg=cfg, workers=1)
@@ -45,7 +45,7 @@ def test_files_are_real_media_with_requested_shapes(tiny_events):
 def test_class_signatures_differ_as_designed(tmp_path):
     """Interference oscillates the magnetometer; correlated/humanoid events spike magnetometer and audio together."""
     root = tmp_path / "ev"
-    generate(root, 40, seed=3, cfg=SynthConfig(fps=5, duration_s=5.0, width=64, height=32, label_noise=0.0))
+    generate(root, 40, seed=3, cfg=SynthConfig(fps=5, duration_s=5.0, width=128, height=32, label_noise=0.0))
     by_class = {c: [] for c in range(4)}
     for folder in sorted(root.iterdir()):
         by_class[load_event(folder).label].append(sensor_features(folder / "sensors.csv"))
@@ -63,5 +63,6 @@ def test_class_signatures_differ_as_designed(tmp_path):
 
 
 def test_video_sizes_that_break_bit_exact_encoding_are_refused():
-    with pytest.raises(ValueError, match="multiple of 64"):
-        SynthConfig(width=96, height=64)
+    for width in (64, 96, 320):
+        with pytest.raises(ValueError, match="multiple of 128"):
+            SynthConfig(width=width, height=64)
