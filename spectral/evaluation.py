@@ -192,7 +192,7 @@ def ood_scores(model: SpectralFusionModel, parts: list[torch.Tensor], present: t
     probabilities' max and the energy score -T·logsumexp(logits / T) (Liu et al., NeurIPS 2020)."""
     with torch.no_grad():
         features = model.fused(parts, present)
-        raw = model.classifier(features).double()
+        raw = model.logits(features, present).double()
         logits = raw / model.temperature.double()
         distance = model.ood.score(features, present)
         return {"mahalanobis": distance.double().numpy(),
@@ -304,6 +304,10 @@ def format_report(metrics: dict) -> str:
         drop = (f"{row['macro_f1_drop']:>8.3f} [{row['macro_f1_drop_interval'][0]:.3f}, "
                 f"{row['macro_f1_drop_interval'][1]:.3f}]" if "macro_f1_drop" in row else "")
         lines.append(f"{name:<48}{row['accuracy']:>9.3f}{row['macro_f1']:>10.3f}{drop:>22}")
+    if biases := metrics.get("pattern_bias"):
+        lines += ["class bias added to the logits without a modality (fitted on validation; "
+                  + ", ".join(name[:4] for name in metrics["per_class"]) + "):"]
+        lines += [f"  {name:<46}" + " ".join(f"{b:+.2f}" for b in bias) for name, bias in biases.items() if any(bias)]
     return "\n".join(lines)
 
 
@@ -387,6 +391,8 @@ def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path
         metrics["ood"]["one_modality_ood"] = one_modality_ood(model, test_parts, present, ood_parts,
                                                               test_scores["mahalanobis"])
     metrics["ablation"] = ablation_table(model, test_parts, present, train_means, labels, class_names, draws)
+    metrics["pattern_bias"] = {describe(pattern): [round(float(b), 4) for b in model.pattern_bias[index]]
+                               for index, pattern in enumerate(presence_patterns()) if not all(pattern)}
     metrics["test_events"] = int(labels.size)
     metrics["left_out"] = [row for row in data.left_out() if row["split"] == "test"]
     for row in metrics["left_out"]:

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from spectral.models.calibration import MAX_LABEL_NOISE, calibrated_probabilities
-from spectral.posthoc import fit_calibration, nll
+from spectral.posthoc import BIAS_RIDGE, fit_calibration, fit_class_bias, nll
 
 
 def _labels_from(true_logits: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -45,3 +45,23 @@ def test_calibration_never_changes_the_predicted_class():
         probabilities = calibrated_probabilities(logits, temperature, label_noise)
         assert torch.equal(probabilities.argmax(dim=1), logits.argmax(dim=1))
         torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(50))
+
+
+def test_class_bias_recovers_a_known_shift_and_the_ridge_bounds_a_separable_class():
+    """Labels drawn from softmax(z); the model reports z with class 3 pushed up by 2 (a shifted boundary, as
+    an absent-modality path can learn): the fit moves it back by ~2 relative to the others, and the
+    predictions it changes become right more often than wrong. Calibrated logits get ~no bias; a class the
+    logits separate perfectly is not pushed to infinity with the ridge the pipeline uses."""
+    true_logits = torch.from_numpy(np.random.default_rng(2).normal(0, 2.0, (20000, 4)))
+    labels = _labels_from(true_logits, seed=2)
+    shifted = true_logits + torch.tensor([0.0, 0.0, 0.0, 2.0], dtype=torch.float64)
+    bias = fit_class_bias(shifted, labels, ridge=1e-6)
+    assert torch.allclose(bias - bias[:3].mean(), torch.tensor([0.0, 0.0, 0.0, -2.0]), atol=0.12)
+    before, after = shifted.argmax(dim=1), (shifted + bias).argmax(dim=1)
+    changed = before != after
+    assert (after[changed] == labels[changed]).float().mean() > (before[changed] == labels[changed]).float().mean()
+    assert fit_class_bias(true_logits, labels, ridge=1e-6).abs().max() < 0.1
+    separable = torch.zeros(200, 4, dtype=torch.float64)
+    separable[:100, 1] = 8.0  # class 1 is always predicted right and never predicted wrong
+    separable_labels = torch.tensor([1] * 100 + [0, 2, 3, 0] * 25)
+    assert fit_class_bias(separable, separable_labels, ridge=BIAS_RIDGE).abs().max() < 5

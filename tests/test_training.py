@@ -29,6 +29,7 @@ from spectral.inference import Predictor
 from spectral.io.audio import from_pcm16
 from spectral.keys import event_name
 from spectral.models.artifact import load_model
+from spectral.models.modalities import describe, presence_patterns
 from spectral.shards import read_samples, shard_paths
 from spectral.training import SpectralLightningModule, TrainConfig, inverse_frequency_weights, train
 
@@ -71,7 +72,7 @@ def cached_split(embedded, sensor_table, split="test"):
 def test_exported_model_gives_the_best_checkpoints_logits(trained, embedded, sensor_table):
     out, summary = trained
     payload = torch.load(out / "model.pt", weights_only=True)
-    assert payload["format"] == "spectral-model/4"
+    assert payload["format"] == "spectral-model/5"
     model, config = load_model(out / "model.pt")
     assert config["class_names"][3] == "Forma_Humanoide_Potencial" and len(config["sensor_features"]) == 15
     assert config["backbone"]["weights"].startswith("packaged:") and config["video"]["num_frames"] == 4
@@ -84,6 +85,10 @@ def test_exported_model_gives_the_best_checkpoints_logits(trained, embedded, sen
     assert float(model.temperature) == pytest.approx(fitted["temperature"], abs=1e-4) and bool(model.ood.fitted)
     assert float(model.label_noise) == pytest.approx(fitted["label_noise"], abs=1e-5)
     assert torch.isfinite(model.ood.threshold).all() and len(fitted["ood_thresholds"]) == 7
+    biases = fitted["pattern_bias"]  # None where validation has too few events: no bias
+    assert len(biases) == 6 and "all" not in biases and not model.pattern_bias[-1].any()
+    for index, pattern in enumerate(presence_patterns()[:-1]):
+        assert model.pattern_bias[index].tolist() == pytest.approx(biases[describe(pattern)] or [0.0] * 4)
     provenance = config["provenance"]
     assert len(provenance["embeddings_sha256"]) == 64 and len(provenance["sensors_sha256"]) == 64
     assert len(provenance["code"]["code_sha256"]) == 64 and provenance == summary["provenance"]
@@ -464,6 +469,34 @@ def test_calibration_benchmark_scores_each_choice_against_recorded_and_true_clas
     for name in CALIBRATIONS:
         for target in ("test", "test_true_class"):
             assert set(result[name][target]) == {"nll", "brier", "ece"} and result[name][target]["nll"] > 0
+
+
+def test_modality_dropout_benchmark_compares_the_candidate_with_each_trained_baseline(trained, embedded,
+                                                                                     sensor_table, monkeypatch):
+    """bench/modality_dropout.py at tiny size: both baselines trained with their overrides, every row scored
+    for the candidate and each baseline, drops consistent with the rows, the verdict intervals present."""
+    from dataclasses import asdict
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    from modality_dropout import BASELINES, measure
+
+    out, _ = trained
+    recipe = asdict(TrainConfig(max_epochs=1, batch_size=4, precision="32-true", branch_loss=0.3))
+    params = {"train": recipe, "video": {"weights": "packaged"}}
+    result = measure(out / "model.pt", embedded, sensor_table, params, "test")
+    json.dumps(result)  # what write_result stores
+    assert result["seeds"] == [42] and set(result["baselines"]) == set(BASELINES) == {"no dropout", "plain"}
+    assert result["baselines"]["plain"]["overrides"]["branch_loss"] == 0.0
+    rows = result["runs"][42]["rows"]
+    assert set(rows) == {"all", "without video", "without audio", "without sensors"}
+    assert set(rows["all"]) == {"candidate", "candidate, no pattern bias", *BASELINES}
+    for name in ("without video", "without audio", "without sensors"):
+        for model in rows["all"]:
+            cell = rows[name][model]
+            assert cell["drop"] == pytest.approx(rows["all"][model]["f1"] - cell["f1"], abs=2e-4)
+            assert result["mean_drop_over_seeds"][name][model] == cell["drop"]
+            assert len(cell["drop_interval"]) == 2
+        assert all(len(rows[name][model]["half_drop_minus_candidate_drop"]) == 2 for model in BASELINES)
 
 
 def test_flipped_label_ranks_known_answer(monkeypatch):

@@ -21,7 +21,7 @@ from torch import nn
 from spectral.models.audio import AudioEncoder
 from spectral.models.backbone import FrameEncoder
 from spectral.models.calibration import calibrated_probabilities
-from spectral.models.modalities import MODALITIES
+from spectral.models.modalities import MODALITIES, pattern_bits, presence_patterns
 from spectral.models.ood import MahalanobisDetector
 from spectral.models.sensor import SensorEncoder
 
@@ -65,6 +65,8 @@ class SpectralFusionModel(nn.Module):
         # identity until spectral.posthoc fits them on validation
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("label_noise", torch.zeros(()))
+        # per modality pattern (pattern_index order), a class bias added to the logits; zero for "all"
+        self.register_buffer("pattern_bias", torch.zeros(len(presence_patterns()), num_classes))
         self.ood = MahalanobisDetector(num_classes, FUSED_DIM)
 
     def branch_embeddings(self, video: torch.Tensor, audio: torch.Tensor,
@@ -79,10 +81,22 @@ class SpectralFusionModel(nn.Module):
                      for i, (m, part) in enumerate(zip(MODALITIES, parts, strict=True))]
         return self.fusion(torch.cat(list(parts), dim=1))
 
+    def logits(self, features: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
+        """The classifier's logits plus the class bias of each event's modality pattern. The absent-modality
+        paths see a fraction of the training loss and can settle on a shifted class boundary (one training
+        seed called every correlated event humanoid without video); spectral.posthoc fits the shift back
+        on validation."""
+        logits = self.classifier(features)
+        if present is None:
+            return logits
+        # indexed by bit code: code 0 (no modality, only reachable inside training's dropout) takes no bias
+        table = torch.cat([torch.zeros_like(self.pattern_bias[:1]), self.pattern_bias]).to(logits.dtype)
+        return logits + table[pattern_bits(present)]
+
     def classify(self, video_emb: torch.Tensor, audio_emb: torch.Tensor, sensor_emb: torch.Tensor,
                  present: torch.Tensor | None = None) -> torch.Tensor:
         """Uncalibrated logits from branch embeddings."""
-        return self.classifier(self.fused((video_emb, audio_emb, sensor_emb), present))
+        return self.logits(self.fused((video_emb, audio_emb, sensor_emb), present), present)
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor, sensors: torch.Tensor,
                 present: torch.Tensor | None = None) -> torch.Tensor:
@@ -100,7 +114,7 @@ class SpectralFusionModel(nn.Module):
         if present is None:
             present = torch.ones(video.shape[0], len(MODALITIES), dtype=torch.bool, device=video.device)
         features = self.fused(self.branch_embeddings(video, audio, sensors), present)
-        probabilities = self.calibrate(self.classifier(features))
+        probabilities = self.calibrate(self.logits(features, present))
         confidence, index = probabilities.max(dim=1)
         scores = self.ood.score(features, present)
         return {"index": index, "confidence": confidence, "probabilities": probabilities,

@@ -12,10 +12,14 @@ import torch
 MODALITIES: tuple[str, ...] = ("video", "audio", "sensors")
 
 
+def pattern_bits(present: torch.Tensor) -> torch.Tensor:
+    """[B] bit code 0..7 of each row's mask (video=1, audio=2, sensors=4); 0: no modality."""
+    return (present.long() * torch.tensor([1, 2, 4], device=present.device)).sum(dim=1)
+
+
 def pattern_index(present: torch.Tensor) -> torch.Tensor:
-    """[B] index 0..6 of each row's modality combination (bits video=1, audio=2, sensors=4, minus one)."""
-    weights = torch.tensor([1, 2, 4], device=present.device)
-    bits = (present.long() * weights).sum(dim=1)
+    """[B] index 0..6 of each row's modality combination: its bit code minus one."""
+    bits = pattern_bits(present)
     if (bits == 0).any():
         raise ValueError("an event needs at least one modality")
     return bits - 1

@@ -5,6 +5,7 @@ import torch
 from spectral.models.artifact import load_model
 from spectral.models.audio import AudioEncoder
 from spectral.models.fusion import SpectralFusionModel
+from spectral.models.modalities import pattern_index
 from spectral.models.sensor import SensorEncoder
 
 
@@ -32,6 +33,18 @@ def test_an_absent_modality_is_its_learned_embedding_whatever_the_input():
         present = model(video, torch.randn(2, 220_500), sensors)
     torch.testing.assert_close(silent, loud, rtol=0, atol=0)
     assert not torch.allclose(silent, present)
+
+
+def test_the_pattern_bias_shifts_only_its_own_patterns_logits():
+    torch.manual_seed(0)
+    model = SpectralFusionModel(15).eval()
+    parts = [torch.randn(4, 1280), torch.randn(4, 256), torch.randn(4, 64)]
+    masks = torch.tensor([[True, True, True], [False, True, True], [True, True, False], [False, False, False]])
+    with torch.no_grad():
+        plain = torch.stack([model.classify(*parts, masks[i:i + 1].expand(4, 3))[i] for i in range(4)])
+        model.pattern_bias[pattern_index(masks[1:2])] = torch.tensor([0.0, 1.0, -2.0, 3.0])
+        biased = model.classify(*parts, masks)
+    torch.testing.assert_close(biased - plain, torch.tensor([[0.0] * 4, [0.0, 1.0, -2.0, 3.0], [0.0] * 4, [0.0] * 4]))
 
 
 def test_log_mel_of_digital_silence_is_finite_and_has_spec_shape():
