@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_scale_benchmark_runs_end_to_end_at_smoke_size(tmp_path):
     output = tmp_path / "scale.json"
     subprocess.run([sys.executable, str(REPO / "bench" / "scale.py"), "--sizes", "20", "--frames", "2",
-                    "--embed-max", "20", "--train-max", "0", "--incremental-n", "20", "--synth", "64x48x1",
+                    "--embed-max", "20", "--train-max", "0", "--incremental-n", "20", "--synth", "128x48x1",
                     "--workers", "1", "--workdir", str(tmp_path / "work"), "--output", str(output)], check=True,
                    cwd=REPO)
     result = json.loads(output.read_text())
