@@ -1,7 +1,9 @@
 """What modality dropout buys: the exported model with a branch absent vs models trained without it, with
 that branch replaced by its training mean, on the same events with paired bootstrap intervals.
 
-Choose `train.modality_dropout` with `--split val`; report the chosen model with the default test split.
+Choose `train.modality_dropout` with `--split val`, reading the "candidate, no pattern bias" column there (the
+pattern bias is fitted on those validation events, which flatters the candidate); report the chosen
+recipe with the default test split.
 
 Two baselines are trained in this run, per seed, on the demo's cached shards, each with its checkpoint
 chosen on all-modality val_loss (neither has an absent-modality path to select for):
@@ -14,7 +16,7 @@ the candidate, its learned absent embedding (what `spectral predict` does); for 
 baseline, the training-set mean of that branch's embedding (the best a model without an absent
 embedding can do). The issue's bar: the candidate loses at most half a baseline's macro-F1.
 
-    python bench/modality_dropout.py [--split val|test] [--seeds 42 1 2] [--model models/model.pt]
+    python bench/modality_dropout.py [--split val|test] [--seeds 42 1 2 3 4] [--model models/model.pt]
 """
 
 from __future__ import annotations

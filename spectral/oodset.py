@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from spectral.events import AUDIO_FILE, METADATA_FILE, SENSORS_FILE, VIDEO_FILE
-from spectral.synth import yuv420p_frame, yuv_planes
+from spectral.synth import check_bit_exact_size, yuv420p_frame, yuv_planes
 
 AUDIO_RATE = 44_100
 PHOTOS = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "clock_motion.png", "coffee.png", "coins.png",
@@ -80,6 +80,7 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
     with av.open(str(path), "w", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libx264", rate=fps, options={"preset": "veryfast", "crf": "23"})
         stream.height, stream.width = frames[0].shape[:2]
+        check_bit_exact_size(stream.width, stream.height)
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
@@ -178,7 +179,7 @@ def write_ood_event(folder: Path, seed: int, index: int, seconds: float = 2.0, f
     frames = int(seconds * fps)
     folder.mkdir(parents=True, exist_ok=True)
     if video_source in LAVFI:
-        w, h = (384, 288)
+        w, h = (384, 288)  # 320 x 240 was not bit-exact (spectral.synth.check_bit_exact_size)
         images, detail = _lavfi(video_source, int(rng.integers(1, 2**31)), frames, w, h, fps), video_source
     else:
         photo = PHOTOS[int(rng.integers(len(PHOTOS)))]

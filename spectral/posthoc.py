@@ -1,6 +1,7 @@
-"""After training, before export: fit the calibration and the out-of-distribution detector.
+"""After training, before export: fit the class bias of each absent-modality pattern, the calibration and
+the out-of-distribution detector.
 
-Both are fitted on held-out data the optimiser never saw, in one pass over cached branch
+All are fitted on held-out data the optimiser never saw, in one pass over cached branch
 embeddings (the branches are the expensive part; the seven modality patterns only re-run the
 small fusion MLP). First, per pattern with a modality absent, a class bias on the logits
 (SpectralFusionModel.logits) fitted for validation NLL with a ridge: the only step that may change a
@@ -27,9 +28,9 @@ MIN_VALIDATION_EVENTS = 100  # below this the temperature and the 95 % threshold
 # log grids: T over 0.05–20, ε over 1e-4–MAX_LABEL_NOISE plus 0; coarse, then fine around the coarse best
 TEMPERATURE_RANGE, LABEL_NOISE_RANGE = (0.05, 20.0), (1e-4, MAX_LABEL_NOISE)
 COARSE_STEPS, FINE_STEPS = 200, 20
-# the class-bias ridge, on mean NLL: 0.01 held every measured pattern's bias within about ±1 logit while
-# moving a collapsed pattern's boundary back (README "Trusting a prediction"); a pattern with fewer
-# validation events than this keeps no bias
+# the class-bias ridge, on mean NLL: at 0.01 the demo's biases stay within ±0.8 logit while a collapsed
+# pattern's boundary moves back (README "Trusting a prediction"); a pattern with fewer validation events
+# than MIN_BIAS_EVENTS gets no bias
 BIAS_RIDGE, MIN_BIAS_EVENTS = 0.01, 20
 
 
@@ -121,9 +122,31 @@ def fit_class_bias(logits: torch.Tensor, labels: torch.Tensor, ridge: float = BI
 
 
 @torch.no_grad()
+def fit_pattern_biases(model: SpectralFusionModel, parts: list[torch.Tensor], present: torch.Tensor,
+                       labels: np.ndarray, min_events: int = MIN_BIAS_EVENTS) -> dict[str, list[float] | None]:
+    """Set model.pattern_bias from scratch: per pattern with a modality absent, fit_class_bias on the events
+    that have every modality of the pattern (masked, they are that pattern exactly; an event recorded
+    without one of them is not); None and no bias below min_events."""
+    model.pattern_bias.zero_()
+    biases = {}
+    for index, pattern in enumerate(presence_patterns()):
+        if all(pattern):
+            continue  # the pattern training optimised: its boundary is the model's own
+        mask = pattern_mask(present, pattern)
+        rows = (mask == torch.tensor(pattern)).all(dim=1)
+        if int(rows.sum()) < min_events:
+            biases[describe(pattern)] = None
+            continue
+        logits = model.classify(*[p[rows] for p in parts], mask[rows])
+        model.pattern_bias[index] = fit_class_bias(logits, torch.from_numpy(labels)[rows.numpy()])
+        biases[describe(pattern)] = [round(float(b), 4) for b in model.pattern_bias[index]]
+    return biases
+
+
+@torch.no_grad()
 def fit_posthoc(model: SpectralFusionModel, train_loader, val_loader) -> dict:
-    """Set model.temperature, model.label_noise and model.ood in place (model in eval mode); return what
-    was fitted."""
+    """Set model.pattern_bias, model.temperature, model.label_noise and model.ood in place (model in eval
+    mode); return what was fitted."""
     model.eval()
     train_parts, train_present, train_labels = branch_outputs(model, train_loader)
     val_parts, val_present, val_labels = branch_outputs(model, val_loader)
@@ -132,19 +155,7 @@ def fit_posthoc(model: SpectralFusionModel, train_loader, val_loader) -> dict:
         warning = (f"only {len(val_labels)} validation events fitted the calibration and the OOD thresholds "
                    f"(a 95 % threshold needs ~{MIN_VALIDATION_EVENTS}+): raise splits.val or add events")
         log.warning(warning)
-    biases = {}
-    for index, pattern in enumerate(presence_patterns()):
-        if all(pattern):
-            continue  # the pattern training optimised: its boundary is the model's own
-        # events that have every modality of the pattern: masked, they are the pattern exactly
-        mask = pattern_mask(val_present, pattern)
-        rows = (mask == torch.tensor(pattern)).all(dim=1)
-        if int(rows.sum()) < MIN_BIAS_EVENTS:
-            biases[describe(pattern)] = None
-            continue
-        logits = model.classify(*[p[rows] for p in val_parts], mask[rows])
-        model.pattern_bias[index] = fit_class_bias(logits, torch.from_numpy(val_labels)[rows.numpy()])
-        biases[describe(pattern)] = [round(float(b), 4) for b in model.pattern_bias[index]]
+    biases = fit_pattern_biases(model, val_parts, val_present, val_labels)
     val_logits = model.classify(*val_parts, val_present)
     temperature, label_noise = fit_calibration(val_logits, torch.from_numpy(val_labels))
     model.temperature.fill_(temperature)

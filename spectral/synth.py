@@ -44,13 +44,7 @@ class SynthConfig:
     label_noise: float = 0.03
 
     def __post_init__(self) -> None:
-        # x264 reads chroma rows in whole 64-byte SIMD words, past the end of the last row when the chroma
-        # width (half the width) is not a multiple of 64: there FFmpeg's frame buffer is uninitialised, and
-        # identical frames gave different bytes from process to process under load (measured at widths 64,
-        # 96 and 320; never at 128, 384 or 640).
-        if self.width % 128 or self.height % 4 or self.height < 16:
-            raise ValueError(f"video width must be a multiple of 128 and height a multiple of 4, "
-                             f"got {self.width}x{self.height}")
+        check_bit_exact_size(self.width, self.height)
 
 
 def _smooth_noise(rng: np.random.Generator, length: int, cutoff: int) -> np.ndarray:
@@ -207,6 +201,18 @@ def yuv_planes(rgb: np.ndarray) -> list[np.ndarray]:
     block = (rgb[0::2, 0::2] + rgb[1::2, 0::2] + rgb[0::2, 1::2] + rgb[1::2, 1::2]) * 0.25
     return [_weighted_channels(rgb, _RGB_TO_YUV[0]), _weighted_channels(block, _RGB_TO_YUV[1]),
             _weighted_channels(block, _RGB_TO_YUV[2])]
+
+
+def check_bit_exact_size(width: int, height: int) -> None:
+    """Refuse a size single-threaded x264 does not encode to the same bytes every time.
+
+    x264 reads chroma rows in whole 64-byte SIMD words, past the end of the last row when the chroma
+    width (half the width) is not a multiple of 64: there FFmpeg's frame buffer is uninitialised, and
+    identical frames gave different bytes from process to process under load (measured at widths 64, 96
+    and 320; never at 128, 384 or 640).
+    """
+    if width % 128 or height % 4 or height < 16:
+        raise ValueError(f"video width must be a multiple of 128 and height a multiple of 4, got {width}x{height}")
 
 
 def yuv420p_frame(planes: list[np.ndarray], pts: int) -> av.VideoFrame:

@@ -1,8 +1,11 @@
 import numpy as np
+import pytest
 import torch
 
 from spectral.models.calibration import MAX_LABEL_NOISE, calibrated_probabilities
-from spectral.posthoc import BIAS_RIDGE, fit_calibration, fit_class_bias, nll
+from spectral.models.fusion import SpectralFusionModel
+from spectral.models.modalities import presence_patterns
+from spectral.posthoc import BIAS_RIDGE, fit_calibration, fit_class_bias, fit_pattern_biases, nll
 
 
 def _labels_from(true_logits: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -61,7 +64,36 @@ def test_class_bias_recovers_a_known_shift_and_the_ridge_bounds_a_separable_clas
     changed = before != after
     assert (after[changed] == labels[changed]).float().mean() > (before[changed] == labels[changed]).float().mean()
     assert fit_class_bias(true_logits, labels, ridge=1e-6).abs().max() < 0.1
-    separable = torch.zeros(200, 4, dtype=torch.float64)
-    separable[:100, 1] = 8.0  # class 1 is always predicted right and never predicted wrong
-    separable_labels = torch.tensor([1] * 100 + [0, 2, 3, 0] * 25)
-    assert fit_class_bias(separable, separable_labels, ridge=BIAS_RIDGE).abs().max() < 5
+    never = torch.from_numpy(np.random.default_rng(3).normal(0, 1.0, (200, 4)))
+    never_labels = torch.tensor([0, 1, 2] * 66 + [0, 1])  # class 3 never occurs: its unridged bias runs off
+    assert fit_class_bias(never, never_labels, ridge=1e-6).abs().max() > 5
+    assert fit_class_bias(never, never_labels, ridge=BIAS_RIDGE).abs().max() < 2.5
+
+
+def test_pattern_biases_fit_each_pattern_on_the_events_that_have_its_modalities():
+    """Events recorded without audio stay out of every pattern that keeps audio; a pattern with too few
+    events gets no bias, and a refit starts from zero rather than from the previous biases."""
+    torch.manual_seed(0)
+    model = SpectralFusionModel(15).eval()
+    parts = [torch.randn(60, 1280), torch.randn(60, 256), torch.randn(60, 64)]
+    present = torch.ones(60, 3, dtype=torch.bool)
+    present[:10, 1] = False  # recorded without audio
+    labels = np.random.default_rng(0).integers(0, 4, 60)
+    reference = SpectralFusionModel(15).eval()
+    reference.load_state_dict(model.state_dict())  # pattern_bias zero: the raw logits
+
+    def expected(pattern: tuple[bool, bool, bool], rows: slice) -> list[float]:
+        mask = torch.tensor(pattern).expand(60, 3)[rows]
+        with torch.no_grad():
+            logits = reference.classify(*[p[rows] for p in parts], mask)
+        return fit_class_bias(logits, torch.from_numpy(labels[rows])).tolist()
+
+    biases = fit_pattern_biases(model, parts, present, labels, min_events=5)
+    assert len(biases) == 6 and not model.pattern_bias[-1].any()
+    assert biases["without video"] == pytest.approx(expected((False, True, True), slice(10, 60)), abs=1e-4)
+    assert biases["only sensors"] == pytest.approx(expected((False, False, True), slice(0, 60)), abs=1e-4)
+    assert biases["without audio"] == pytest.approx(expected((True, False, True), slice(0, 60)), abs=1e-4)
+    biases = fit_pattern_biases(model, parts, present, labels, min_events=55)
+    assert biases["without video"] is None and biases["only sensors"] is not None
+    index = presence_patterns().index((False, True, True))
+    assert not model.pattern_bias[index].any()

@@ -66,3 +66,10 @@ def test_video_sizes_that_break_bit_exact_encoding_are_refused():
     for width in (64, 96, 320):
         with pytest.raises(ValueError, match="multiple of 128"):
             SynthConfig(width=width, height=64)
+
+
+def test_the_ood_sets_writer_refuses_them_too(tmp_path):
+    from spectral.oodset import _write_video
+
+    with pytest.raises(ValueError, match="multiple of 128"):
+        _write_video(tmp_path / "video.mp4", [np.zeros((240, 320, 3), np.uint8)] * 2, 30)
