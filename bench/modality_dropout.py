@@ -100,7 +100,8 @@ def compare(baselines: dict, model_path: Path, embeddings: Path, sensors: Path, 
     data.setup()
     models = {"candidate": candidate, UNBIASED: unbiased, **baselines}
     outputs = {name: (branch_outputs(model, data.loader("train"))[0], *branch_outputs(model, data.loader(split)))
-               for name, model in models.items()}
+               for name, model in models.items() if name != UNBIASED}
+    outputs[UNBIASED] = outputs["candidate"]  # the bias acts after the branches: same embeddings
     labels = outputs["candidate"][3]
     draws = bootstrap_draws(labels.size)
     full = {name: _f1(model, outputs[name][1], outputs[name][2], labels, draws) for name, model in models.items()}

@@ -208,8 +208,8 @@ def check_bit_exact_size(width: int, height: int) -> None:
 
     x264 reads chroma rows in whole 64-byte SIMD words, past the end of the last row when the chroma
     width (half the width) is not a multiple of 64: there FFmpeg's frame buffer is uninitialised, and
-    identical frames gave different bytes from process to process under load (measured at widths 64, 96
-    and 320; never at 128, 384 or 640).
+    identical frames gave different bytes from process to process under load (measured at widths 64 and
+    320, earlier at 96; never at 128, 384 or 640).
     """
     if width % 128 or height % 4 or height < 16:
         raise ValueError(f"video width must be a multiple of 128 and height a multiple of 4, got {width}x{height}")
