@@ -34,8 +34,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from spectral.features.sensors import SENSOR_FEATURES
 from spectral.io.audio import from_pcm16
 from spectral.keys import event_name
-from spectral.shards import shard_paths
+from spectral.shards import shard_split
 
+DEFAULT_MAX_LEFT_OUT_FRACTION = 0.01
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]
 _MEMBERS = ("emb.npy", "audio.npy")
@@ -134,6 +135,32 @@ class EventDataset(Dataset):
         return embeddings, waveform, torch.from_numpy(self.sensors[name].copy()), present, int(self.labels[name])
 
 
+def read_manifest(embed_dir: Path) -> dict:
+    """The embed stage's manifest.json, refused unless that run completed."""
+    path = Path(embed_dir) / "manifest.json"
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if not manifest.get("complete"):
+        raise ValueError(f"{path} is from an interrupted embed run: rerun the embed stage")
+    return manifest
+
+
+def listed_shards(embed_dir: Path, manifest: dict, split: str) -> list[Path]:
+    """The split's shards as the manifest lists them, each present at its recorded size: the folder may hold
+    other files, or lack one a node-local run never copied back, and neither may change what is read."""
+    shards = []
+    for file, entry in sorted(manifest["index"].items()):
+        if shard_split(file) != split:
+            continue
+        path = Path(embed_dir) / file
+        size = path.stat().st_size if path.is_file() else None
+        if size is None or size != entry.get("size"):
+            found = "missing" if size is None else f"{size} bytes"
+            raise ValueError(f"{path}: the manifest lists it at {entry.get('size')} bytes, found {found}; rerun the "
+                             f"embed stage (it verifies and rewrites damaged shards)")
+        shards.append(path)
+    return shards
+
+
 def load_sensor_table(path: Path) -> tuple[dict[str, np.ndarray], dict[str, int], dict[str, str], dict[str, bool]]:
     """(event → float32 feature vector in SENSOR_FEATURES order, NaN = missing; event → label; event → split;
     event → whether it has usable sensors at all)."""
@@ -163,9 +190,10 @@ class CachedShardDataModule(pl_lightning.LightningDataModule):
     per rank."""
 
     def __init__(self, embed_dir: Path, sensors_path: Path, batch_size: int = 16, num_workers: int = 0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, max_left_out_fraction: float = DEFAULT_MAX_LEFT_OUT_FRACTION) -> None:
         super().__init__()
         self.embed_dir, self.sensors_path = Path(embed_dir), Path(sensors_path)
+        self.max_left_out_fraction = max_left_out_fraction
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.sensors: dict[str, np.ndarray] = {}
         self.labels: dict[str, int] = {}
@@ -176,16 +204,17 @@ class CachedShardDataModule(pl_lightning.LightningDataModule):
         if self.sensors:
             return
         self.sensors, self.labels, splits, sensors_present = load_sensor_table(self.sensors_path)
-        manifest = json.loads((self.embed_dir / "manifest.json").read_text(encoding="utf-8"))
+        manifest = read_manifest(self.embed_dir)
         video_shape = (manifest["video"]["num_frames"], manifest["backbone"]["embedding_dim"])
         for split in ("train", "val", "test"):
-            events = ShardEvents(shard_paths(self.embed_dir, split))
+            events = ShardEvents(listed_shards(self.embed_dir, manifest, split))
             self.datasets[split] = EventDataset(events, self.sensors, self.labels, sensors_present, video_shape,
                                                 manifest["audio"]["samples"])
             lacking = [name for name in events.names if name not in self.sensors]
             in_shards = set(events.names)
             unmatched = sorted(e for e, s in splits.items() if s == split and e not in in_shards)
             self.joins[split] = JoinReport(split, len(self.datasets[split]), lacking, unmatched)
+        self._check_left_out()
         if self.joins["train"].used == 0:
             raise ValueError(f"no training events with both cached shards in {self.embed_dir} and sensor rows in "
                              f"{self.sensors_path}")
@@ -201,6 +230,19 @@ class CachedShardDataModule(pl_lightning.LightningDataModule):
                                                             f"decode stage, see its report, or not embedded)"}
                      for e in join.without_shards]
         return rows
+
+    def _check_left_out(self) -> None:
+        """Fail when more than `max_left_out_fraction` of the events decode or sensors accepted cannot be used:
+        each stage checks its own losses, but 45 % lost in one and another 45 % in the other leave 10 %."""
+        if not 0.0 <= self.max_left_out_fraction <= 1.0:
+            raise ValueError(f"train.max_left_out_fraction must be within [0, 1], got {self.max_left_out_fraction}")
+        rows = self.left_out()
+        accepted = sum(join.used + len(join.without_sensors) + len(join.without_shards) for join in self.joins.values())
+        if accepted and len(rows) / accepted > self.max_left_out_fraction:
+            named = "; ".join(f"{row['event']}: {row['reason']}" for row in rows[:5])
+            raise ValueError(f"{len(rows)} of the {accepted} events that decode or sensors accepted cannot be used "
+                             f"({len(rows) / accepted:.0%}, more than train.max_left_out_fraction="
+                             f"{self.max_left_out_fraction}): {named}{' …' if len(rows) > 5 else ''}")
 
     def used_events(self, split: str) -> list[str]:
         """Event names in the order a single-process, unshuffled loader of `split` yields them."""

@@ -41,16 +41,17 @@ from spectral.events import (
     EventError,
     MediaError,
     StrictModeError,
+    attempt_twice,
     check_file,
+    check_losses,
     check_missing_policy,
-    check_rejections,
+    describe_error,
     display_name,
     find_event_folders,
     load_event,
 )
 from spectral.frames import check_format, encode_frames
 from spectral.incremental import (
-    clean_run_requested,
     digest,
     file_sha256,
     module_code_digest,
@@ -58,9 +59,11 @@ from spectral.incremental import (
     shard_file_name,
 )
 from spectral.io.audio import TARGET_RATE, TARGET_SECONDS, AudioInfo, audio_samples, load_audio, to_pcm16
-from spectral.io.video import VideoInfo, load_video
+from spectral.io.errors import is_invalid_media
+from spectral.io.video import VideoInfo, check_backend, load_video
 from spectral.keys import sample_key
 from spectral.lifecycle import die_with_parent
+from spectral.reuse import Verifier, load_index, publish_index
 from spectral.splits import SPLITS, assign_split
 
 REPORT = "report.json"
@@ -135,8 +138,10 @@ def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpo
         path = check_file(event.path, VIDEO_FILE)
         try:
             sample["frames.npy"], video_info = load_video(str(path), num_frames, size, backend, interpolation)
-        except Exception as err:  # any decoder failure is a property of this file, not of the run
-            raise MediaError(event.name, VIDEO_FILE, f"cannot decode video: {err}") from None
+        except Exception as err:
+            if not is_invalid_media(err):  # the machine's failure, not the file's: never recorded (spectral.io.errors)
+                raise
+            raise MediaError(event.name, VIDEO_FILE, f"cannot decode video: {describe_error(err)}") from None
         meta["video"] = {**asdict(video_info), "backend": backend, "sampled_frames": num_frames}
     except EventError as err:
         if not keep_missing:
@@ -147,7 +152,9 @@ def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpo
         try:
             waveform, audio_info = load_audio(str(path), length=audio_samples(audio_seconds))
         except Exception as err:
-            raise MediaError(event.name, AUDIO_FILE, f"cannot decode audio: {err}") from None
+            if not is_invalid_media(err):
+                raise
+            raise MediaError(event.name, AUDIO_FILE, f"cannot decode audio: {describe_error(err)}") from None
         sample["audio.npy"] = to_pcm16(waveform)
         meta["audio"] = asdict(audio_info)
     except EventError as err:
@@ -180,22 +187,24 @@ def _shard_sample(sample: dict, cfg: DecodeConfig) -> dict:
     return {key: encode(value) for key, value in members.items()}
 
 
-Result = tuple[str, dict | None, str | None, bool]  # (name, sample, rejection reason, retry next run)
+Result = tuple[str, dict | None, str | None]  # (name, sample, rejection reason)
 
 
 def _decode_or_reason(folder: Path, cfg: DecodeConfig) -> Result:
-    try:
+    """An event's sample, or the reason its files cannot give one; a failure of the machine (I/O, memory: not
+    a property of the files) is retried once and then raises MachineFailure, which stops the stage."""
+    def decode() -> dict:
         sample = decode_event(folder, cfg.num_frames, cfg.size, cfg.backend, cfg.interpolation, cfg.audio_seconds,
                               keep_missing=cfg.missing_modality == "keep")
         if len(missing := sample["json"].get("missing", {})) == len(DECODED_FILES):  # nothing left to shard
             raise EventError(folder.name, None, f"neither video nor audio decodes ({missing['video']}; "
                                                 f"{missing['audio']})")
-        return folder.name, _shard_sample(sample, cfg), None, False
+        return sample
+
+    try:
+        return folder.name, _shard_sample(attempt_twice("decode", folder.name, decode), cfg), None
     except EventError as err:  # a property of the files: the same inputs give the same rejection
-        return display_name(folder.name), None, str(err), False
-    except Exception as err:  # never let one event kill a 10,000-event run; not cached (out of memory, I/O)
-        name = display_name(folder.name)
-        return name, None, f"{name}: unexpected error {type(err).__name__}: {err}", True
+        return display_name(folder.name), None, str(err)
 
 
 def _ordered_results(folders: list[Path], cfg: DecodeConfig) -> Iterator[Result]:
@@ -228,48 +237,41 @@ class _Shard:
     event_keys: dict[str, str]          # every planned member (accepted or not) → its event key
     accepted: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
-    retry: list[str] = field(default_factory=list)  # rejected by an unexpected error: tried again next run
     warnings: dict[str, list[str]] = field(default_factory=dict)
     sha256: str | None = None           # None: every member was rejected, so no file was written
+    size: int | None = None
 
     def entry(self) -> dict:
-        return {"file": self.file, "key": self.key, "sha256": self.sha256,
+        return {"file": self.file, "key": self.key, "sha256": self.sha256, "size": self.size,
                 "events": {display_name(name): key for name, key in self.event_keys.items()},
-                "accepted": self.accepted, "rejected": self.rejected, "retry": self.retry,
-                "warnings": self.warnings}
+                "accepted": self.accepted, "rejected": self.rejected, "warnings": self.warnings}
 
     @classmethod
     def from_entry(cls, split: str, entry: dict) -> _Shard:
         return cls(split, entry["file"], entry["key"], entry["events"], entry["accepted"], entry["rejected"],
-                   entry["retry"], entry["warnings"], entry["sha256"])
+                   entry["warnings"], entry["sha256"], entry["size"])
 
 
 def _previous_shards(out_dir: Path) -> tuple[dict[str, _Shard], set[str]]:
-    """The last run's index by file name (entries whose file is still there), and the shard files a
-    report of the count-cut layout before content-defined shards lists (this stage wrote them)."""
-    path = out_dir / REPORT
-    if not path.is_file():
+    """The last run's index by file name, and the shard files a report of the count-cut layout before
+    content-defined shards lists (this stage wrote them). Files are verified before use (spectral.reuse)."""
+    report = load_index(out_dir / REPORT, "decode")
+    if report is None:
         return {}, set()
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
         if "index" not in report:
             return {}, {name for names in report.get("shards", {}).values() for name in names}
-        if clean_run_requested():
-            return {}, set()
         shards = [_Shard.from_entry(split, entry) for split, entries in report["index"].items() for entry in entries]
-    except (ValueError, KeyError, TypeError, AttributeError):  # a damaged file: rebuild everything
+    except (KeyError, TypeError, AttributeError):  # a damaged or older index: rebuild everything
         return {}, set()
-    return {s.file: s for s in shards if s.sha256 is None or (out_dir / s.file).is_file()}, set()
+    return {s.file: s for s in shards}, set()
 
 
 def _write_index(out_dir: Path, shards: list[_Shard], complete: bool, extra: dict | None = None) -> None:
-    """report.json, replaced atomically. Before a run touches any file it records only the shards it
-    keeps, so a run killed half-way never leaves an index describing a file it since rewrote."""
+    """report.json. Before a run touches any file it records only the shards it keeps, so a run killed
+    half-way never leaves an index describing a file it since rewrote."""
     index = {split: [s.entry() for s in shards if s.split == split] for split in SPLITS}
-    report = {"stage": "decode", "complete": complete, **(extra or {}), "index": index}
-    tmp = out_dir / (REPORT + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out_dir / REPORT)
+    publish_index(out_dir / REPORT, {"stage": "decode", "complete": complete, **(extra or {}), "index": index})
 
 
 class _OldSamples:
@@ -279,12 +281,15 @@ class _OldSamples:
         self.out_dir = out_dir
         self.location = {previous[file].event_keys[name]: (file, name)
                          for file in previous for name in previous[file].accepted}
-        # an unexpected error (out of memory, a flaky disk) is not a property of the file: not reused
         self.rejection = {shard.event_keys[name]: reason for shard in previous.values()
-                          for name, reason in shard.rejected.items() if name not in shard.retry}
+                          for name, reason in shard.rejected.items()}
         self.warnings = {shard.event_keys[name]: shard.warnings.get(name, [])
                          for shard in previous.values() for name in shard.accepted}
         self._open: dict[str, tuple[tarfile.TarFile, dict[str, list[tarfile.TarInfo]]]] = {}
+
+    def forget(self, file: str) -> None:
+        """Stop copying from a shard that failed verification: its events are decoded again."""
+        self.location = {key: where for key, where in self.location.items() if where[0] != file}
 
     def sample(self, event_key: str) -> dict:
         file, name = self.location[event_key]
@@ -319,7 +324,8 @@ def _plan(folders: list[Path], cfg: DecodeConfig, ranks: Ranks) -> tuple[list[_S
                     unit="event", leave=False)
     for shard in mine:
         for name in shard.event_keys:
-            shard.event_keys[name] = digest(salt, name, *(file_sha256(by_name[name] / f) for f in DECODED_FILES))
+            shard.event_keys[name] = attempt_twice("decode", name, lambda name=name: digest(
+                salt, name, *(file_sha256(by_name[name] / f) for f in DECODED_FILES)))
             progress.update()
         shard.key = digest(shard.split, shard.event_keys)
     progress.close()
@@ -338,14 +344,20 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
 
     started = time.perf_counter()
     check_format(cfg.frame_format, cfg.jpeg_quality)
+    check_backend(cfg.backend)  # a decoder that cannot be imported fails here, before any event is touched
     # one listing, rank 0's: events arriving mid-run (a growing archive) must not give ranks different plans
     folders = ranks.broadcast(find_event_folders(events_dir) if ranks.is_main else None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan, mine = _plan(folders, cfg, ranks)
     previous, legacy = _previous_shards(out_dir)
-    kept = {s.file for s in mine if s.file in previous and previous[s.file].key == s.key
-            and not previous[s.file].retry}
+    verifier = Verifier.open(out_dir)
+
+    def reusable(file: str) -> bool:
+        old_shard = previous[file]
+        return old_shard.sha256 is None or verifier.reusable(file, {"size": old_shard.size, "sha256": old_shard.sha256})
+
+    kept = {s.file for s in mine if s.file in previous and previous[s.file].key == s.key and reusable(s.file)}
     mine = [previous[s.file] if s.file in kept else s for s in mine]
     every_kept = {s.file: s for kept_by_rank in ranks.gather([s for s in mine if s.file in kept]) for s in kept_by_rank}
     if ranks.is_main:  # every rank has read the previous index by now (the gather waits for all)
@@ -356,54 +368,48 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
     if cfg.strict and (reasons := [r for s in mine if s.file in kept for r in s.rejected.values()]):
         raise StrictModeError(f"strict mode: {reasons[0]}")
     to_write = [s for s in mine if s.file not in kept]
+    sources = {old.location[key][0] for s in to_write for key in s.event_keys.values() if key in old.location}
+    for file in sorted(sources - kept):  # a damaged old shard is not copied from: its events are decoded again
+        if not reusable(file):
+            old.forget(file)
     to_decode = [by_name[name] for s in to_write for name, key in s.event_keys.items()
                  if key not in old.location and key not in old.rejection]
     results = _ordered_results(to_decode, cfg)
     progress = tqdm(total=len(to_decode), desc=ranks.label("decode"), unit="event")
-    writer = None
     try:
         for shard in to_write:
-            writer = AtomicTarWriter(out_dir / shard.file)
-            for name, key in shard.event_keys.items():
-                retry = False
-                if key in old.location:
-                    writer.write(old.sample(key))
-                    reason, warnings = None, old.warnings[key]
-                elif key in old.rejection:
-                    reason = old.rejection[key]
-                else:
-                    result_name, sample, reason, retry = next(results)
-                    progress.update()
-                    if result_name != display_name(name):
-                        raise RuntimeError(f"decode results out of order: {result_name} for {name}")
-                    if sample is not None:
-                        writer.write(sample)
-                        warnings = json.loads(sample["json"])["warnings"]
-                if reason is not None:
-                    if cfg.strict:
-                        raise StrictModeError(f"strict mode: {reason}")
-                    shard.rejected[display_name(name)] = reason
-                    if retry:
-                        shard.retry.append(display_name(name))
-                    continue
-                shard.accepted.append(name)
-                if warnings:
-                    shard.warnings[name] = warnings
-            if shard.accepted:
-                shard.sha256 = file_sha256(writer.close())
-            else:
-                writer.abort()
-            writer = None
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
+            with AtomicTarWriter(out_dir / shard.file) as writer:
+                for name, key in shard.event_keys.items():
+                    if key in old.location:
+                        writer.write(old.sample(key))
+                        reason, warnings = None, old.warnings[key]
+                    elif key in old.rejection:
+                        reason = old.rejection[key]
+                    else:
+                        result_name, sample, reason = next(results)  # raises MachineFailure: nothing recorded
+                        progress.update()
+                        if result_name != display_name(name):
+                            raise RuntimeError(f"decode results out of order: {result_name} for {name}")
+                        if sample is not None:
+                            writer.write(sample)
+                            warnings = json.loads(sample["json"])["warnings"]
+                    if reason is not None:
+                        if cfg.strict:
+                            raise StrictModeError(f"strict mode: {reason}")
+                        shard.rejected[display_name(name)] = reason
+                        continue
+                    shard.accepted.append(name)
+                    if warnings:
+                        shard.warnings[name] = warnings
+            if writer.path is not None:
+                record = verifier.written(shard.file)
+                shard.sha256, shard.size = record["sha256"], record["size"]
     finally:
         progress.close()
         old.close()
     decoded = len(to_decode)
-    reports = ranks.gather((mine, decoded, sum(len(s.event_keys) for s in to_write) - decoded))
-    made = {s.file: s for rank_shards, _, _ in reports for s in rank_shards}
+    reports = ranks.gather((mine, decoded, sum(len(s.event_keys) for s in to_write) - decoded, verifier))
+    made = {s.file: s for rank_shards, *_ in reports for s in rank_shards}
     shards = [made[s.file] for s in plan]
     removed = remove_stale_shards(out_dir, keep={s.file for s in shards if s.sha256}, legacy=legacy) \
         if ranks.is_main else []
@@ -430,12 +436,17 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
         "incomplete": {name: kept for s in shards for name, w in s.warnings.items()
                        if (kept := [m for m in ("video", "audio") if any(x.startswith(m + KEPT_MISSING) for x in w)])},
     }
+    recomputed = {file: why for *_, rank_verifier in reports for file, why in rank_verifier.recomputed.items()}
     # Timing and reuse counts stay out of report.json: the outputs must be byte-identical to a clean run.
     if ranks.is_main:
         _write_index(out_dir, shards, complete=True, extra=report)
+        verifier.save({s.file for s in shards if s.sha256},
+                      {f: stamp for *_, other in reports for f, stamp in other.stamps.items()})
     ranks.barrier()  # a failing check below must not end the ranks before rank 0 has written the report
-    check_rejections("decode", len(rejected), len(folders), cfg.max_rejected_fraction, out_dir / REPORT)
+    kept_without = {modality: sum(modality in lacking for lacking in report["incomplete"].values())
+                    for modality in ("video", "audio")}
+    check_losses("decode", len(rejected), kept_without, len(folders), cfg.max_rejected_fraction, out_dir / REPORT)
     return {**report, "seconds": round(time.perf_counter() - started, 3), "processes": ranks.world_size,
             "reuse": {"shards_kept": len(every_kept), "shards_written": len(plan) - len(every_kept),
                       "shards_removed": len(removed), "events_decoded": sum(r[1] for r in reports),
-                      "events_copied": sum(r[2] for r in reports)}}
+                      "events_copied": sum(r[2] for r in reports), "recomputed": recomputed}}

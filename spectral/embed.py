@@ -22,6 +22,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,8 +35,9 @@ from tqdm import tqdm
 from spectral.devices import resolve_device, resolve_precision
 from spectral.distributed import SINGLE_PROCESS, Ranks, assign_by_size
 from spectral.frames import is_frame_member, load_frames
-from spectral.incremental import clean_run_requested, digest, module_code_digest
+from spectral.incremental import digest, module_code_digest
 from spectral.models.backbone import BackboneInfo, FrameEncoder, create_backbone
+from spectral.reuse import Verifier, load_index, publish_index
 from spectral.shards import AtomicTarWriter, remove_stale_shards
 from spectral.splits import SPLITS
 
@@ -200,6 +202,7 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
     report = json.loads(report_path.read_text(encoding="utf-8"))
     if not report.get("complete") or "index" not in report or "audio" not in report:
         raise ValueError(f"{report_path} is from an interrupted or older decode run: rerun the decode stage")
+    decoded = Verifier.open(decoded_dir)  # decode's own stamps: read-only here
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder, info, device = build_encoder(cfg, ranks.local_rank)
     recipe = {
@@ -229,7 +232,9 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
     keys = {entry["file"]: digest(salt, entry["sha256"]) for _, entry in inputs}
     event_counts = {entry["file"]: len(entry["accepted"]) for _, entry in inputs}
     previous, legacy = _previous_index(out_dir), _legacy_shards(out_dir)
-    kept = {file for file, key in keys.items() if previous.get(file, {}).get("key") == key}
+    verifier = Verifier.open(out_dir)
+    kept = {file for file, key in keys.items()
+            if previous.get(file, {}).get("key") == key and verifier.reusable(file, previous[file])}
     ranks.barrier()  # every rank has read the previous index before it is rewritten
     if ranks.is_main:
         _write_manifest(out_dir, {"index": {file: previous[file] for file in sorted(kept)}}, complete=False)
@@ -237,6 +242,10 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
     todo = [entry for _, entry in inputs if entry["file"] not in kept]
     owners = assign_by_size([len(entry["accepted"]) for entry in todo], ranks.world_size)
     to_embed = [entry for entry, owner in zip(todo, owners, strict=True) if owner == ranks.rank]
+    for entry in to_embed:  # a damaged input must not become embeddings: decode repairs it on its next run
+        if (problem := decoded.problem(entry["file"], entry)) is not None:
+            raise ValueError(f"{decoded_dir / entry['file']}: {problem}; rerun the decode stage (it verifies its "
+                             f"shards and rewrites a damaged one)")
     shard_events = {str(decoded_dir / entry["file"]): event_counts[entry["file"]] for entry in to_embed}
     index = {}
     frames_done, seconds = 0, 0.0
@@ -244,58 +253,52 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
     writers: dict[str, AtomicTarWriter] = {}
     progress = tqdm(total=sum(shard_events.values()) * report["config"]["num_frames"], desc=ranks.label("embed"),
                     unit="frame")
-    try:
-        def timed_encode(frames: torch.Tensor) -> torch.Tensor:
-            nonlocal seconds, frames_done
-            started_batch = time.perf_counter()
-            if cfg.compile and len(frames) < cfg.batch_frames:  # one shape: compiled once, whoever runs it
-                padding = frames.new_zeros((cfg.batch_frames - len(frames), *frames.shape[1:]))
-                embeddings = encode_frames(encoder, torch.cat([frames, padding]), device)[:len(frames)]
-            else:
-                embeddings = encode_frames(encoder, frames, device)
-            seconds += time.perf_counter() - started_batch
-            frames_done += len(frames)
-            progress.update(len(frames))
-            return embeddings
 
+    def timed_encode(frames: torch.Tensor) -> torch.Tensor:
+        nonlocal seconds, frames_done
+        started_batch = time.perf_counter()
+        if cfg.compile and len(frames) < cfg.batch_frames:  # one shape: compiled once, whoever runs it
+            padding = frames.new_zeros((cfg.batch_frames - len(frames), *frames.shape[1:]))
+            embeddings = encode_frames(encoder, torch.cat([frames, padding]), device)[:len(frames)]
+        else:
+            embeddings = encode_frames(encoder, frames, device)
+        seconds += time.perf_counter() - started_batch
+        frames_done += len(frames)
+        progress.update(len(frames))
+        return embeddings
+
+    with progress, ExitStack() as unfinished:  # an error removes every shard not yet committed
         samples = iter(_loader(list(map(Path, shard_events)), cfg.num_workers, device.type == "cuda")
                        if shard_events else ())
         for sample, embeddings in embed_stream(samples, timed_encode, cfg.batch_frames, dict(shard_events)):
             url = sample["__url__"]
             if url not in writers:
-                writers[url] = AtomicTarWriter(out_dir / Path(url).name)
-            writer = writers[url]
+                writers[url] = unfinished.enter_context(AtomicTarWriter(out_dir / Path(url).name))
             record = {"__key__": sample["__key__"], "json": sample["json"]}
             if embeddings is not None:
                 record["emb.npy"] = embeddings.numpy().astype(np.float16)
             if "audio.npy" in sample:  # absent when decode kept the event without audio
                 record["audio.npy"] = sample["audio.npy"]
-            writer.write(record)
+            writers[url].write(record)
             shard_events[url] -= 1
             if shard_events[url] == 0:  # the shard is complete: publish it and record it in the index
-                file = writer.close().name
-                index[file] = {"key": keys[file], "events": event_counts[file]}
-                del writers[url]
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        raise
-    finally:
-        progress.close()
-    if writers or any(shard_events.values()):
-        for writer in writers.values():
-            writer.abort()
-        raise RuntimeError(f"decoded shards ended early (missing samples): {sorted(writers)}; rerun decode")
+                file = writers.pop(url).commit().name
+                index[file] = {"key": keys[file], "events": event_counts[file], **verifier.written(file)}
+        if writers or any(shard_events.values()):
+            raise RuntimeError(f"decoded shards ended early (missing samples): {sorted(writers)}; rerun decode")
     reports = ranks.gather((index, frames_done, seconds))
     index = {file: previous[file] for file in kept}
     for rank_index, _, _ in reports:
         index.update(rank_index)
     removed = remove_stale_shards(out_dir, keep=set(keys), legacy=legacy) if ranks.is_main else []
+    recomputed = {file: why for other in ranks.gather(verifier) for file, why in other.recomputed.items()}
     elapsed = time.perf_counter() - started
     per_split = {split: sum(event_counts[e["file"]] for s, e in inputs if s == split) for split in SPLITS}
     manifest = {"stage": "embed", **recipe, "per_split": per_split, "index": {file: index[file] for file in keys}}
+    stamps = {file: stamp for other in ranks.gather(verifier) for file, stamp in other.stamps.items()}
     if ranks.is_main:
         _write_manifest(out_dir, manifest, complete=True)
+        verifier.save(set(keys), stamps)
     ranks.barrier()  # the stage ends when the manifest is written, on every rank
     frames_all = sum(frames for _, frames, _ in reports)
     model_rates = [frames / busy for _, frames, busy in reports if busy]
@@ -307,7 +310,8 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
         "stage_frames_per_s": round(frames_all / elapsed, 2) if elapsed and frames_all else None,
         # the forward passes alone, summed over ranks (each rank's frames / its time in the model)
         "model_frames_per_s": round(sum(model_rates), 2) if model_rates else None,
-        "reuse": {"shards_kept": len(kept), "shards_written": len(todo), "shards_removed": len(removed)},
+        "reuse": {"shards_kept": len(kept), "shards_written": len(todo), "shards_removed": len(removed),
+                  "recomputed": recomputed},
         "config": asdict(cfg),
     }
     log.info("embedded %d frames: %s", frames_done, throughput)
@@ -315,15 +319,11 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
 
 
 def _previous_index(out_dir: Path) -> dict[str, dict]:
-    """The last run's index (file → {key, events}), keeping only files still there."""
-    path = out_dir / MANIFEST
-    if clean_run_requested() or not path.is_file():
-        return {}
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))["index"]
-        return {file: entry for file, entry in index.items() if (out_dir / file).is_file() and "key" in entry}
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return {}
+    """The last run's index (file → {key, events, size, sha256}); each file is verified before reuse."""
+    manifest = load_index(out_dir / MANIFEST, "embed")
+    index = manifest.get("index") if manifest else None
+    return {file: entry for file, entry in index.items() if isinstance(entry, dict) and "key" in entry} \
+        if isinstance(index, dict) else {}
 
 
 def _legacy_shards(out_dir: Path) -> set[str]:
@@ -339,7 +339,5 @@ def _legacy_shards(out_dir: Path) -> set[str]:
 
 
 def _write_manifest(out_dir: Path, manifest: dict, complete: bool) -> None:
-    """manifest.json, replaced atomically; see spectral.decode._write_index for why a partial one comes first."""
-    tmp = out_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({**manifest, "complete": complete}, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out_dir / MANIFEST)
+    """manifest.json; see spectral.decode._write_index for why a partial one comes first."""
+    publish_index(out_dir / MANIFEST, {"stage": "embed", **manifest, "complete": complete})

@@ -367,7 +367,8 @@ def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path
     the headline file) and plots."""
     model, config = load_model(model_path)
     class_names = config["class_names"]
-    data = CachedShardDataModule(embed_dir, sensors_path, batch_size=batch_size)
+    data = CachedShardDataModule(embed_dir, sensors_path, batch_size=batch_size,
+                                 max_left_out_fraction=config["train"]["max_left_out_fraction"])
     data.setup("test")
     train_parts, _, _ = branch_outputs(model, data.loader("train"))
     train_means = [p.mean(dim=0, keepdim=True) for p in train_parts]

@@ -8,9 +8,14 @@ wherever it is first touched.
 from __future__ import annotations
 
 import json
+import stat
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 CLASS_NAMES: tuple[str, ...] = (
     "Ruído_Ambiente",
@@ -72,6 +77,33 @@ class StrictModeError(RuntimeError):
     """Raised by a stage in strict mode at the first rejected event."""
 
 
+class MachineFailure(RuntimeError):
+    """An event failed twice for a reason that is not a property of its files: the stage stops, recording nothing."""
+
+
+def describe_error(err: BaseException) -> str:
+    """An error as a reason a person reads: its type beside a message that alone may say little."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def attempt_twice(stage: str, name: str, work: Callable[[], T]) -> T:
+    """`work()` for one event, tried once more when it fails for a reason that is not an EventError (I/O,
+    memory, a bug: not a property of the event's files, see spectral.io.errors). A second such failure
+    raises MachineFailure naming the event and the cause; an EventError passes through at once."""
+    for attempt in (1, 2):
+        try:
+            return work()
+        except EventError:
+            raise
+        except Exception as err:
+            if attempt == 2:
+                raise MachineFailure(f"{stage}: {display_name(name)} failed twice with {describe_error(err)}; that is "
+                                     f"not a property of its files, so nothing was recorded: fix the cause and "
+                                     f"re-run") from err
+    raise AssertionError("unreachable")
+
+
 DEFAULT_MAX_REJECTED_FRACTION = 0.5
 
 
@@ -79,21 +111,26 @@ class TooManyRejectionsError(RuntimeError):
     """More of the input was rejected than a stage accepts as bad data: a bug or a wrong folder."""
 
 
-def check_rejections(stage: str, rejected: int, inputs: int, max_fraction: float, report: Path) -> None:
-    """Fail the stage (its report already written) when rejections exceed `max_fraction` of the inputs.
+def check_losses(stage: str, rejected: int, kept_without: dict[str, int], inputs: int, max_fraction: float,
+                 report: Path) -> None:
+    """Fail the stage (its report already written) when the events rejected, or the events that lost one
+    modality (rejected, or kept without it under `missing_modality: keep`), exceed `max_fraction` of the inputs.
 
     Per-event rejection keeps one bad file from killing a 10,000-event run; but when most
     events fail, the cause is a broken build or the wrong folder, and a "successful" stage
-    that silently trained on the survivors would hide it.
+    that silently trained on the survivors (or on events without their video) would hide it.
     """
     if not 0.0 <= max_fraction <= 1.0:
         raise ValueError(f"{stage}.max_rejected_fraction must be within [0, 1], got {max_fraction}")
     if inputs == 0:
         raise TooManyRejectionsError(f"{stage}: the events folder holds no event folders; report in {report}")
-    if rejected / inputs > max_fraction:
-        raise TooManyRejectionsError(
-            f"{stage}: {rejected} of {inputs} events rejected ({rejected / inputs:.0%}), more than "
-            f"{stage}.max_rejected_fraction={max_fraction}; reasons in {report}")
+    losses = {"rejected": rejected, **{f"without their {modality} (rejected, or kept without it)": rejected + count
+                                       for modality, count in kept_without.items()}}
+    for what, count in losses.items():
+        if count / inputs > max_fraction:
+            raise TooManyRejectionsError(
+                f"{stage}: {count} of {inputs} events {what} ({count / inputs:.0%}), more than "
+                f"{stage}.max_rejected_fraction={max_fraction}; reasons in {report}")
 
 
 def label_index(label: str) -> int:
@@ -148,11 +185,20 @@ def read_metadata(folder: Path) -> dict:
 
 
 def check_file(folder: Path, file: str) -> Path:
-    """folder/file, or MissingFileError when it is absent or empty (a phone that never started a recorder)."""
+    """folder/file, or MissingFileError when it is absent or empty (a phone that never started a recorder);
+    MediaError for a FIFO, a device or a link to one, which is refused without being opened."""
     path = Path(folder) / file
-    if not path.is_file():
-        raise MissingFileError(Path(folder).name, file, "file is missing")
-    if path.stat().st_size == 0:
+    try:
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise MissingFileError(Path(folder).name, file, "file is missing") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise MissingFileError(Path(folder).name, file, "file is missing (a folder has its name)")
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode) or \
+            stat.S_ISBLK(info.st_mode) else "a socket"
+        raise MediaError(Path(folder).name, file, f"not a regular file ({kind}): refused without reading it")
+    if info.st_size == 0:
         raise MissingFileError(Path(folder).name, file, "file is empty")
     return path
 

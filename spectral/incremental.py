@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 
 from spectral.deps import code_digest
@@ -38,15 +39,20 @@ def digest(*parts: object) -> str:
 
 
 def file_sha256(path: Path) -> str | None:
-    """Content digest of a file; None when it does not exist, `unreadable: …` when it cannot be read
-    (both are part of a key: the stage then rejects the event, and a repaired file changes the key)."""
+    """Content digest of a file; None when it does not exist. A FIFO, a device or a link to one is never
+    read (a FIFO would block for ever, `/dev/zero` never ends): its digest is the text `not a regular file`,
+    which the stage then rejects. Any other error is raised: an unreadable file is the machine's failure."""
     try:
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # non-blocking: opening a FIFO must not wait for a writer
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except OSError as err:
-        return f"unreadable: {err.strerror}"
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            return None
+        if not stat.S_ISREG(mode):
+            return "not a regular file"
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def module_code_digest(module_file: str | Path) -> str:

@@ -23,6 +23,7 @@ from spectral.events import SENSORS_FILE, EventError, MissingFileError, check_fi
 from spectral.features.sensors import missing_features, sensor_features
 from spectral.frames import stored_frames
 from spectral.io.audio import TARGET_RATE, from_pcm16
+from spectral.io.video import check_backend
 from spectral.models.artifact import load_model
 from spectral.models.fusion import SpectralFusionModel
 from spectral.models.modalities import MODALITIES
@@ -54,6 +55,7 @@ class Predictor:
         return predictor
 
     def _use(self, model: SpectralFusionModel, config: dict, device: str) -> None:
+        check_backend(config["video"]["backend"])  # a decoder that cannot be imported fails here, not per event
         self.device = torch.device(device)
         self.model, self.config = model.to(self.device), config
         self.class_names: list[str] = config["class_names"]

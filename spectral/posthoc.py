@@ -52,6 +52,12 @@ def pattern_mask(present: torch.Tensor, pattern: tuple[bool, ...]) -> torch.Tens
     return present & torch.tensor(pattern).expand_as(present)
 
 
+def pattern_rows(present: torch.Tensor, pattern: tuple[bool, ...]) -> torch.Tensor:
+    """[B] bool: the events that have every modality of the pattern. Masked, they are that pattern exactly; an
+    event recorded without one of them would be another pattern, whose features and boundary differ."""
+    return (pattern_mask(present, pattern) == torch.tensor(pattern)).all(dim=1)
+
+
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, label_noise: float = 0.0) -> float:
     probabilities = calibrated_probabilities(logits.double(), temperature, label_noise)
     return float(-probabilities[torch.arange(len(labels)), torch.as_tensor(labels)].log().mean())
@@ -132,8 +138,7 @@ def fit_pattern_biases(model: SpectralFusionModel, parts: list[torch.Tensor], pr
     for index, pattern in enumerate(presence_patterns()):
         if all(pattern):
             continue  # the pattern training optimised: its boundary is the model's own
-        mask = pattern_mask(present, pattern)
-        rows = (mask == torch.tensor(pattern)).all(dim=1)
+        mask, rows = pattern_mask(present, pattern), pattern_rows(present, pattern)
         if int(rows.sum()) < min_events:
             biases[describe(pattern)] = None
             continue
@@ -162,9 +167,9 @@ def fit_posthoc(model: SpectralFusionModel, train_loader, val_loader) -> dict:
     model.label_noise.fill_(label_noise)
     thresholds = {}
     for index, pattern in enumerate(presence_patterns()):
-        # events kept without a modality (missing_modality: keep) may have none of this pattern's: left out
+        # events kept without one of this pattern's modalities (missing_modality: keep) are another pattern
         train_mask, val_mask = pattern_mask(train_present, pattern), pattern_mask(val_present, pattern)
-        train_rows, val_rows = train_mask.any(dim=1), val_mask.any(dim=1)
+        train_rows, val_rows = pattern_rows(train_present, pattern), pattern_rows(val_present, pattern)
         if not train_rows.any() or not val_rows.any():
             thresholds[describe(pattern)] = None  # never fitted: the threshold stays inf, nothing is flagged
             continue

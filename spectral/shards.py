@@ -13,6 +13,7 @@ import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
 
 import webdataset as wds
 
@@ -22,30 +23,63 @@ FIXED_MODE = 0o444
 
 
 class AtomicTarWriter:
-    """One tar file written under `NAME.tmp` and renamed to NAME only when closed cleanly."""
+    """One tar file written under `NAME.tmp` and renamed to NAME when its `with` block ends cleanly.
+
+    On any exception the temp file is removed, and a shard that received no sample is never
+    created (`path` stays None): no hand-written abort paths in the stages."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self.target = Path(path)
+        self._tmp = self.target.with_name(self.target.name + ".tmp")
         self._writer = wds.TarWriter(str(self._tmp), user=FIXED_OWNER, group=FIXED_OWNER,
                                      mode=FIXED_MODE, mtime=FIXED_MTIME)
+        self.samples = 0
+        self.path: Path | None = None
+        self._closed = False
 
-    def write(self, sample: dict) -> int:
-        """Write one sample dict (`__key__` plus extension → bytes/str/array); returns bytes written."""
-        return self._writer.write(sample)
+    def write(self, sample: dict) -> None:
+        """Write one sample dict (`__key__` plus extension → bytes/str/array)."""
+        self._writer.write(sample)
+        self.samples += 1
 
-    def close(self) -> Path:
-        self._writer.close()
-        self._tmp.replace(self.path)
+    def commit(self) -> Path | None:
+        """Publish the shard under its name (None when it received no sample); a second call does nothing."""
+        if not self._closed:
+            self._closed = True
+            self._writer.close()
+            if self.samples:
+                self._tmp.replace(self.target)
+                self.path = self.target
+            else:
+                self._tmp.unlink(missing_ok=True)
         return self.path
 
-    def abort(self) -> None:
-        self._writer.close()
-        self._tmp.unlink(missing_ok=True)
+    def discard(self) -> None:
+        """Remove the unfinished shard; after commit() it does nothing."""
+        if not self._closed:
+            self._closed = True
+            self._writer.close()
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> AtomicTarWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
 
 
 _SHARD_NAME = re.compile(r"(?P<split>train|val|test)-[0-9a-f]{16}\.tar")
 _OWNED = re.compile(r"(?:train|val|test)-[0-9a-f]{16}\.tar(?:\.tmp)?")  # what the stages write, and its temp
+
+
+def shard_split(file: str) -> str | None:
+    """The split a stage's shard file name says (`train-0123456789abcdef.tar` → train); None for other names."""
+    match = _SHARD_NAME.fullmatch(file)
+    return match["split"] if match else None
 
 
 def shard_paths(directory: Path, prefix: str) -> list[Path]:

@@ -30,7 +30,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from spectral.data import CachedShardDataModule
+from spectral.data import DEFAULT_MAX_LEFT_OUT_FRACTION, CachedShardDataModule, read_manifest
 from spectral.deps import files_digest
 from spectral.devices import lightning_precision
 from spectral.events import CLASS_NAMES
@@ -42,6 +42,7 @@ from spectral.models.fusion import SpectralFusionModel
 from spectral.models.modalities import MODALITIES
 from spectral.posthoc import fit_posthoc
 from spectral.provenance import code_revision, params_digest
+from spectral.reuse import output_files
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class TrainConfig:
     monitor: str = "val_loss"
     # weight of the per-branch auxiliary classifiers' loss (training only): each branch must classify alone
     branch_loss: float = 0.0
+    # the events decode or sensors accepted that training (and evaluation) may fail to use: more fails the stage
+    max_left_out_fraction: float = DEFAULT_MAX_LEFT_OUT_FRACTION
 
     def __post_init__(self) -> None:
         rates = self.modality_dropout
@@ -246,12 +249,11 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
         shutil.rmtree(checkpoints)
     out_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
-    manifest = json.loads((Path(embed_dir) / "manifest.json").read_text(encoding="utf-8"))
-    if not manifest.get("complete"):
-        raise ValueError(f"{embed_dir}/manifest.json is from an interrupted embed run: rerun the embed stage")
+    manifest = read_manifest(embed_dir)
     info = BackboneInfo(**{**manifest["backbone"], "mean": tuple(manifest["backbone"]["mean"]),
                            "std": tuple(manifest["backbone"]["std"])})
-    data = CachedShardDataModule(embed_dir, sensors_path, cfg.batch_size, cfg.num_workers, cfg.seed)
+    data = CachedShardDataModule(embed_dir, sensors_path, cfg.batch_size, cfg.num_workers, cfg.seed,
+                                 cfg.max_left_out_fraction)
     data.setup("fit")
     left_out = data.left_out()
     for row in left_out:
@@ -286,8 +288,10 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
     trainer.fit(module, datamodule=data)
     if not trainer.is_global_zero:
         return None
-    best_epoch = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)["epoch"]
-    best = SpectralLightningModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu")
+    # a checkpoint is a pickle: weights_only=True lets only tensors and plain data out of it, never code
+    best_epoch = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["epoch"]
+    best = SpectralLightningModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu",
+                                                        weights_only=True)
     posthoc = fit_posthoc(best.model, data.loader("train", ranks=(1, 0)), data.loader("val", ranks=(1, 0)))
     backbone, live_info = create_backbone(info.name, weights)
     if live_info.weights_sha256 != info.weights_sha256:
@@ -307,7 +311,7 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
         "train_precision": precision,
         "provenance": {
             "code": code_revision(Path(__file__)),
-            "embeddings_sha256": files_digest([p for p in Path(embed_dir).rglob("*") if p.is_file()], Path(embed_dir)),
+            "embeddings_sha256": files_digest(output_files(embed_dir), Path(embed_dir)),
             "sensors_sha256": files_digest([Path(sensors_path)], Path(sensors_path).parent),
             "params_sha256": params_digest({"train": asdict(cfg), "video.weights": weights}),
         },

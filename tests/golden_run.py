@@ -24,6 +24,7 @@ import soundfile as sf
 from spectral.decode import DecodeConfig, run_decode
 from spectral.features.table import run_sensors
 from spectral.oodset import VIDEO_SOURCES, write_ood_event
+from spectral.reuse import output_files
 from spectral.synth import SynthConfig, generate
 
 DIGESTS = Path(__file__).with_name("golden_digests.json")
@@ -50,7 +51,7 @@ def run(root: Path) -> dict[str, str]:
     run_sensors(Path("events"), Path("sensors.parquet"), DECODE.splits)
     for index in range(len(VIDEO_SOURCES)):  # one event per video source: the photo crops and every lavfi one
         write_ood_event(Path("ood") / f"event_ood_{index:05d}", seed=0, index=index, seconds=0.5)
-    files = [p for p in sorted(root.rglob("*")) if p.is_file()]
+    files = output_files(root)
     return {p.relative_to(root).as_posix(): hashlib.sha256(_portable_bytes(p)).hexdigest() for p in files}
 
 

@@ -1,18 +1,25 @@
+import errno
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 from media import frame_index, make_event
 
+import spectral.decode
 from spectral.decode import DecodeConfig, run_decode
-from spectral.events import StrictModeError, TooManyRejectionsError
+from spectral.events import MachineFailure, StrictModeError, TooManyRejectionsError
 from spectral.frames import load_frames, stored_frames
 from spectral.io.video import sample_indices
 from spectral.keys import event_name
+from spectral.reuse import output_files
 from spectral.shards import raw_samples, read_samples, shard_paths
 
 # the messy fixture is mostly bad events on purpose, so it lifts the rejection limit
@@ -40,7 +47,7 @@ def messy_events(tmp_path):
 
 
 def digest(directory):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in output_files(directory)}
 
 
 def test_every_event_is_accounted_for_with_a_reason(messy_events, tmp_path):
@@ -217,3 +224,87 @@ def test_a_folder_name_that_is_not_utf8_is_rejected_not_fatal(tmp_path):
                                              "shown as \\xNN); rename the folder"}]
     sensors = run_sensors(tmp_path / "events", tmp_path / "s.parquet", CFG.splits, max_rejected_fraction=1.0)
     assert [r["event"] for r in sensors["rejected"]] == ["event_por\\xe3o"]
+
+
+@pytest.fixture
+def six_events(tmp_path):
+    root = tmp_path / "events"
+    for i in range(6):
+        make_event(root, f"event_{i:02d}", n_frames=6)
+    return root
+
+
+KEEP = replace(CFG, missing_modality="keep", max_rejected_fraction=0.5)
+
+
+def test_a_backend_that_cannot_be_imported_fails_before_any_event(six_events, tmp_path, monkeypatch):
+    """A missing decoder is a broken setup: recording every event "without video" would keep them so until
+    their bytes change."""
+    monkeypatch.setitem(sys.modules, "decord", None)  # `import decord` raises ImportError
+    with pytest.raises(RuntimeError, match="decord cannot be imported"):
+        run_decode(six_events, tmp_path / "out", replace(KEEP, backend="decord"))
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_an_io_error_is_retried_once_and_a_second_one_fails_the_stage_recording_nothing(six_events, tmp_path,
+                                                                                         monkeypatch):
+    real_load_video, calls = spectral.decode.load_video, []
+
+    def flaky(path, *args, failures=1):
+        calls.append(path)
+        if "event_03" in path and calls.count(path) <= failures:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_load_video(path, *args)
+
+    monkeypatch.setattr(spectral.decode, "load_video", flaky)
+    report = run_decode(six_events, tmp_path / "once", KEEP)
+    assert report["incomplete"] == {} and report["accepted_count"] == 6
+    clean = run_decode(six_events, tmp_path / "clean", KEEP)
+    assert digest(tmp_path / "once") == digest(tmp_path / "clean") and clean["rejected"] == []
+
+    calls.clear()
+    monkeypatch.setattr(spectral.decode, "load_video", lambda path, *args: flaky(path, *args, failures=2))
+    with pytest.raises(MachineFailure, match=r"decode: event_03 failed twice with OSError: \[Errno 5\]"):
+        run_decode(six_events, tmp_path / "twice", KEEP)
+    index = json.loads((tmp_path / "twice" / "report.json").read_text())
+    assert index["complete"] is False and "event_03" not in json.dumps(index)  # nothing recorded about it
+
+
+def test_keep_mode_counts_events_kept_without_a_modality_against_the_rejection_limit(six_events, tmp_path):
+    for folder in sorted(six_events.iterdir()):
+        (folder / "video.mp4").write_bytes(b"\x00\x01 not a video " * 64)
+    with pytest.raises(TooManyRejectionsError,
+                       match=r"decode: 6 of 6 events without their video \(rejected, or kept without it\)"):
+        run_decode(six_events, tmp_path / "out", KEEP)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["rejected"] == [] and len(report["incomplete"]) == 6
+    reason = report["warnings"]["event_00"][0]
+    assert "cannot decode video: InvalidDataError" in reason  # the library's invalid-data error, by name
+
+
+DECODE_SCRIPT = """
+import sys
+from dataclasses import replace
+from pathlib import Path
+from spectral.decode import DecodeConfig, run_decode
+if __name__ == "__main__":
+    cfg = DecodeConfig(num_frames=4, size=32, workers=1, splits={"train": 1.0, "val": 0.0, "test": 0.0},
+                       missing_modality="keep", frame_format="npy")
+    run_decode(Path(sys.argv[1]), Path(sys.argv[2]), cfg)
+"""
+
+
+def test_a_fifo_or_a_link_to_a_device_as_media_is_refused_without_being_read(six_events, tmp_path):
+    os.unlink(six_events / "event_01" / "video.mp4")
+    os.mkfifo(six_events / "event_01" / "video.mp4")  # opened for reading, it blocks for ever
+    os.unlink(six_events / "event_02" / "audio.wav")
+    os.symlink("/dev/zero", six_events / "event_02" / "audio.wav")  # read, it never ends
+    script = tmp_path / "decode.py"
+    script.write_text(DECODE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    subprocess.run([sys.executable, str(script), str(six_events), str(tmp_path / "out")], env=env, check=True,
+                   timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["incomplete"] == {"event_01": ["video"], "event_02": ["audio"]}
+    assert "video.mp4: not a regular file (a FIFO): refused without reading it" in report["warnings"]["event_01"][0]
+    assert "audio.wav: not a regular file (a device)" in report["warnings"]["event_02"][0]

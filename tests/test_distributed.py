@@ -23,6 +23,7 @@ import yaml
 from conftest import TINY_SYNTH
 
 from spectral.distributed import assign_by_size
+from spectral.reuse import output_files
 from spectral.synth import generate
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ def run_stage(cwd: Path, script: str, args: list[str], torchrun_ranks: int | Non
 
 
 def digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in output_files(folder)}
 
 
 @pytest.fixture(scope="module")

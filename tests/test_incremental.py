@@ -20,6 +20,7 @@ from spectral.embed import EmbedConfig, run_embed
 from spectral.events import StrictModeError
 from spectral.features.table import run_sensors
 from spectral.incremental import CLEAN_RUN_ENV, plan_shards
+from spectral.reuse import output_files
 
 SPLITS = {"train": 0.6, "val": 0.2, "test": 0.2}
 CFG = DecodeConfig(num_frames=2, size=32, workers=1, splits=SPLITS, shard_events=3, max_shard_events=6)
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def digests(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in output_files(directory)}
 
 
 def stamps(directory: Path) -> dict[str, tuple[int, int]]:

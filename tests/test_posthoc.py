@@ -1,11 +1,20 @@
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from spectral.models.calibration import MAX_LABEL_NOISE, calibrated_probabilities
 from spectral.models.fusion import SpectralFusionModel
-from spectral.models.modalities import presence_patterns
-from spectral.posthoc import BIAS_RIDGE, fit_calibration, fit_class_bias, fit_pattern_biases, nll
+from spectral.models.modalities import describe, presence_patterns
+from spectral.posthoc import (
+    BIAS_RIDGE,
+    branch_outputs,
+    fit_calibration,
+    fit_class_bias,
+    fit_pattern_biases,
+    fit_posthoc,
+    nll,
+)
 
 
 def _labels_from(true_logits: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -97,3 +106,36 @@ def test_pattern_biases_fit_each_pattern_on_the_events_that_have_its_modalities(
     assert biases["without video"] is None and biases["only sensors"] is not None
     index = presence_patterns().index((False, True, True))
     assert not model.pattern_bias[index].any()
+
+
+def test_ood_detector_fits_each_pattern_on_the_events_that_have_its_modalities():
+    """Events recorded without audio stay out of the statistics and thresholds of every pattern that keeps
+    audio (masked, they are "without audio", whose features differ), and count for the patterns that drop it."""
+    torch.manual_seed(0)
+    model = SpectralFusionModel(15).eval()
+    reference = SpectralFusionModel(15).eval()
+    reference.load_state_dict(model.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    loaders = []
+    for size in (60, 40):  # train, val
+        present = torch.ones(size, 3, dtype=torch.bool)
+        present[:10, 1] = False  # recorded without audio
+        tensors = (torch.randn(size, 2, 1280, generator=generator), torch.randn(size, 8192, generator=generator),
+                   torch.randn(size, 15, generator=generator), present,
+                   torch.randint(0, 4, (size,), generator=generator))
+        loaders.append(DataLoader(TensorDataset(*tensors), batch_size=16))
+    fitted = fit_posthoc(model, *loaders)
+    (train_parts, _, train_labels), (val_parts, _, _) = (branch_outputs(reference, loader) for loader in loaders)
+    for pattern, rows in (((True, True, True), slice(10, None)), ((False, True, True), slice(10, None)),
+                          ((True, False, True), slice(None))):
+        index = presence_patterns().index(pattern)
+        with torch.no_grad():
+            train = reference.fused([p[rows] for p in train_parts], torch.tensor(pattern).expand(60, 3)[rows])
+            reference.ood.fit_pattern(index, train, torch.from_numpy(train_labels[rows]))
+            val_mask = torch.tensor(pattern).expand(40, 3)[rows]
+            reference.ood.set_threshold(index, reference.ood.score(reference.fused(
+                [p[rows] for p in val_parts], val_mask), val_mask))
+        torch.testing.assert_close(model.ood.means[index], reference.ood.means[index])
+        torch.testing.assert_close(model.ood.precision[index], reference.ood.precision[index])
+        assert fitted["ood_thresholds"][describe(pattern)] == pytest.approx(
+            float(reference.ood.threshold[index]), abs=1e-4)

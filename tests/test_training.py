@@ -125,6 +125,14 @@ def test_predict_schema_and_error_object_for_a_corrupt_event(trained, tiny_event
     assert results[4]["probabilities"] == results[2]["probabilities"]  # labels are ignored entirely
 
 
+def test_predict_refuses_a_backend_that_cannot_be_imported_before_any_event(trained, monkeypatch):
+    """Not "video missing" on every answer: the setup is broken, and the predictor says so when it starts."""
+    model, config = load_model(trained[0] / "model.pt")
+    monkeypatch.setitem(sys.modules, "decord", None)
+    with pytest.raises(RuntimeError, match="decord cannot be imported"):
+        Predictor.for_model(model, {**config, "video": {**config["video"], "backend": "decord"}})
+
+
 def test_predict_on_raw_events_agrees_with_evaluate(trained, tiny_events, embedded, sensor_table, tmp_path):
     """Raw folders through `spectral predict` vs evaluate's per-event predictions on the cached shards: the same
     classes, and probabilities within the fp16 embedding cache's rounding (measured here: 1.5e-6 at most)."""
@@ -529,7 +537,7 @@ def test_auroc_and_calibration_known_answers():
     assert table["before"]["brier"] == pytest.approx(expected_brier, abs=1e-4)
 
 
-def test_events_kept_without_a_modality_reach_training_masked(tiny_events, tmp_path):
+def test_events_kept_without_a_modality_reach_training_masked(tiny_events, tmp_path, monkeypatch):
     """missing_modality: keep through decode, sensors, embed and the data module: an event without audio,
     one with an undecodable video and one without sensors are trained on with that modality masked
     (zeros / NaN placeholders, False in the mask), counted in the training summary; reject mode leaves
@@ -567,7 +575,15 @@ def test_events_kept_without_a_modality_reach_training_masked(tiny_events, tmp_p
     # and they train: modality dropout, branch heads, then the OOD statistics of every modality pattern
     cfg = TrainConfig(max_epochs=1, batch_size=8, precision="32-true", logger="none", branch_loss=0.3,
                       modality_dropout={"video": 0.15, "audio": 0.15, "sensors": 0.15}, monitor="val_robust_loss")
+    loads, torch_load = [], torch.load
+
+    def recording_load(*args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return torch_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
     summary = train(embedded, table, tmp_path / "model", cfg, weights="packaged", dvclive_dir=tmp_path / "live")
+    assert loads and set(loads) == {True}  # the best checkpoint, a pickle, is read without running code
     counts = summary["missing_modalities"]
     assert sum(counts[split][m] for split in counts for m in counts[split]) == 3
     rejecting = run_sensors(events, tmp_path / "reject.parquet", splits)
@@ -592,6 +608,9 @@ def test_a_member_missing_without_decode_saying_so_is_an_error_not_a_masked_moda
         for member, data in members:
             if member.name != dropped:
                 tar.addfile(member, io.BytesIO(data))
+    manifest = json.loads((copy / "manifest.json").read_text())  # the edit is recorded: only the member lacks
+    manifest["index"][shard.name]["size"] = shard.stat().st_size
+    (copy / "manifest.json").write_text(json.dumps(manifest))
     data = CachedShardDataModule(copy, sensor_table)
     data.setup()
     dataset = data.datasets["train"]

@@ -27,15 +27,18 @@ from spectral.events import (
     SENSORS_FILE,
     EventError,
     StrictModeError,
+    attempt_twice,
     check_file,
+    check_losses,
     check_missing_policy,
-    check_rejections,
+    describe_error,
     display_name,
     find_event_folders,
     load_event,
 )
 from spectral.features.sensors import SENSOR_FEATURES, missing_features, sensor_features
 from spectral.incremental import clean_run_requested, digest, file_sha256, module_code_digest
+from spectral.io.errors import is_invalid_table
 from spectral.splits import assign_split
 
 SCHEMA = pa.schema(
@@ -50,7 +53,9 @@ def _features(folder: Path, name: str) -> dict:
     try:
         features = sensor_features(folder / SENSORS_FILE)
     except Exception as err:
-        raise EventError(name, SENSORS_FILE, f"cannot read sensors: {err}") from None
+        if not is_invalid_table(err):  # the machine's failure (I/O, memory): never a property of the file
+            raise
+        raise EventError(name, SENSORS_FILE, f"cannot read sensors: {describe_error(err)}") from None
     row = {feature: (None if np.isnan(v) else float(v)) for feature, v in zip(SENSOR_FEATURES, features, strict=True)}
     row["missing_features"] = missing_features(features)
     row["sensors_missing"] = None
@@ -100,28 +105,33 @@ def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], stri
     missing_counts = dict.fromkeys(SENSOR_FEATURES, 0)
     with pq.ParquetWriter(tmp, SCHEMA, compression="zstd", write_statistics=True) as writer:
         for folder in tqdm(folders, desc="sensors", unit="event"):
-            try:
+            def read_event(folder: Path = folder) -> tuple:
                 # keep: the other modalities' files are decode's business, this stage needs only the label
                 event = load_event(folder, files=() if keep_missing else REQUIRED_FILES[1:])
                 try:
                     key = digest(salt, file_sha256(check_file(folder, SENSORS_FILE)))
                     if previous.get(event.name, ("",))[0] == key:
-                        features, reused = previous[event.name][1], reused + 1
-                    else:
-                        features = _features(folder, event.name)
+                        return event, key, previous[event.name][1], True
+                    return event, key, _features(folder, event.name), False
                 except EventError as err:
                     if not keep_missing:
                         raise
-                    key, features = digest(salt, "absent"), _absent(str(err))
-                    incomplete.append(event.name)
-            except Exception as err:  # one bad file never stops the run
-                name = display_name(folder.name)
-                reason = str(err) if isinstance(err, EventError) else f"{name}: {type(err).__name__}: {err}"
-                rejected.append({"event": name, "reason": reason})
+                    return event, digest(salt, "absent"), _absent(str(err)), False
+
+            try:  # a machine failure (I/O, memory) is retried once, then stops the stage: never a rejection
+                event, key, features, was_reused = attempt_twice("sensors", folder.name, read_event)
+            except EventError as err:  # a property of the files: one bad file never stops the run
+                rejected.append({"event": display_name(folder.name), "reason": str(err)})
                 if strict:
                     tmp.unlink(missing_ok=True)
-                    raise StrictModeError(f"strict mode: {reason}") from None
+                    raise StrictModeError(f"strict mode: {err}") from None
                 continue
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            reused += was_reused
+            if features["sensors_missing"] is not None:
+                incomplete.append(event.name)
             # label and split are read fresh every run: relabelling costs a metadata read, not a feature pass
             row = {"event": event.name, "split": assign_split(event.name, splits), "label": event.label,
                    "label_name": CLASS_NAMES[event.label], **features}
@@ -154,5 +164,6 @@ def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], stri
         "index": {"table_sha256": file_sha256(out_path), "keys": keys},
     }
     report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    check_rejections("sensors", len(rejected), len(folders), max_rejected_fraction, report_path)
+    check_losses("sensors", len(rejected), {"sensors": len(incomplete)}, len(folders), max_rejected_fraction,
+                 report_path)
     return {**report, "reused": reused}

@@ -8,6 +8,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from spectral.io.errors import InvalidMediaError
+
 TARGET_RATE = 44_100
 TARGET_SECONDS = 5.0
 TARGET_SAMPLES = int(TARGET_RATE * TARGET_SECONDS)  # 220,500, the spec's window
@@ -49,7 +51,7 @@ def load_audio(path: str, sample_rate: int = TARGET_RATE, length: int = TARGET_S
         info = AudioInfo(f.samplerate, f.channels, f.subtype, f.frames / f.samplerate if f.samplerate else 0.0)
         data = f.read(dtype="float32", always_2d=True)
     if data.shape[0] == 0:
-        raise ValueError("audio has no samples")
+        raise InvalidMediaError("audio has no samples")
     repaired = int((~np.isfinite(data)).any(axis=1).sum())
     data = np.nan_to_num(data, nan=0.0, posinf=1.0, neginf=-1.0)
     clipped = int((np.abs(data) >= FULL_SCALE).any(axis=1).sum())  # per channel, before downmix and resampling

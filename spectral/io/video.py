@@ -21,6 +21,8 @@ import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
 from PIL import Image
 
+from spectral.io.errors import InvalidMediaError
+
 _PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                 "area": Image.Resampling.BOX}
 _SWS_EXACT = Interpolation.BITEXACT | Interpolation.ACCURATE_RND
@@ -48,7 +50,7 @@ def _quarter_turns(degrees: float) -> int:
     """Counter-clockwise quarter turns for a display rotation; other angles are not something phones write."""
     turns = round(degrees / 90.0)
     if abs(degrees - 90.0 * turns) > 1.0:
-        raise ValueError(f"display matrix rotates by {degrees} degrees; only multiples of 90 are supported")
+        raise InvalidMediaError(f"display matrix rotates by {degrees} degrees; only multiples of 90 are supported")
     return turns % 4
 
 
@@ -61,7 +63,7 @@ def _upright(frames: np.ndarray, rotation: int) -> np.ndarray:
 def sample_indices(total_frames: int, num_frames: int) -> np.ndarray:
     """`num_frames` indices spread uniformly over [0, total_frames-1]; repeats when the clip is short."""
     if total_frames <= 0:
-        raise ValueError("video has no frames")
+        raise InvalidMediaError("video has no frames")
     return np.round(np.linspace(0, total_frames - 1, num_frames)).astype(np.int64)
 
 
@@ -69,6 +71,8 @@ def _pyav_info(path: str) -> VideoInfo:
     """Frame count from demuxed packets; rotation from the first decoded frame's display matrix."""
     rotation = None
     with av.open(path) as container:
+        if not container.streams.video:
+            raise InvalidMediaError(f"the {container.format.name} container holds no video stream")
         stream = container.streams.video[0]
         packets = 0
         for packet in container.demux(stream):
@@ -147,7 +151,7 @@ def _assemble(kept: dict[int, np.ndarray], wanted: np.ndarray) -> tuple[np.ndarr
     """(wanted frames stacked, how many were repeats): a file that decodes fewer frames than it demuxes
     (truncated, damaged packets) repeats its last good one, and the count is recorded, never hidden."""
     if not kept:
-        raise ValueError("no frame could be decoded")
+        raise InvalidMediaError("no frame could be decoded")
     ordered = sorted(kept)
     frames, repeated = [], 0
     for index in wanted:
@@ -169,6 +173,19 @@ def resize_frames(frames: np.ndarray, size: int, interpolation: str = "bicubic")
     """Squash each frame to size×size with PIL's antialiased resampling (no aspect crop, as in the spec)."""
     resample = _PIL_FILTERS[interpolation]
     return np.stack([np.asarray(Image.fromarray(f).resize((size, size), resample)) for f in frames])
+
+
+def check_backend(backend: str) -> None:
+    """Fail before any event is touched when the backend is unknown or cannot be imported: a missing
+    decoder is a broken setup, never a property of the files it would have read."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    if backend == "decord":
+        try:
+            import decord  # noqa: F401
+        except Exception as err:
+            raise RuntimeError(f"decode.backend: decord cannot be imported ({type(err).__name__}: {err}); "
+                               f"install it or use decode.backend: pyav") from err
 
 
 def load_video(path: str, num_frames: int, size: int, backend: str = "pyav",

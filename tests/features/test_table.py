@@ -1,10 +1,12 @@
+import errno
 import hashlib
 import json
 
 import polars as pl
 import pytest
 
-from spectral.events import StrictModeError, TooManyRejectionsError
+import spectral.features.table
+from spectral.events import MachineFailure, StrictModeError, TooManyRejectionsError
 from spectral.features.sensors import SENSOR_FEATURES
 from spectral.features.table import run_sensors
 
@@ -64,3 +66,36 @@ def test_rejection_limit_fails_after_the_report_and_an_empty_folder_fails(tiny_e
     (tmp_path / "empty").mkdir()
     with pytest.raises(TooManyRejectionsError, match="no event folders"):
         run_sensors(tmp_path / "empty", tmp_path / "e.parquet", SPLITS)
+
+
+def test_a_machine_failure_reading_sensors_stops_the_stage_instead_of_rejecting(tiny_events, tmp_path, monkeypatch):
+    """An I/O error says nothing about the file: retried once, then the stage fails naming the event."""
+    real, calls = spectral.features.table.sensor_features, []
+    target = sorted(tiny_events.iterdir())[2]
+
+    def failing(path, times):
+        calls.append(path)
+        if path.parent == target and calls.count(path) <= times:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(path)
+
+    monkeypatch.setattr(spectral.features.table, "sensor_features", lambda path: failing(path, 1))
+    assert run_sensors(tiny_events, tmp_path / "once.parquet", SPLITS)["rejected"] == []
+    monkeypatch.setattr(spectral.features.table, "sensor_features", real)
+    run_sensors(tiny_events, tmp_path / "clean.parquet", SPLITS)
+    assert (tmp_path / "once.parquet").read_bytes() == (tmp_path / "clean.parquet").read_bytes()
+    calls.clear()
+    monkeypatch.setattr(spectral.features.table, "sensor_features", lambda path: failing(path, 2))
+    with pytest.raises(MachineFailure, match=f"sensors: {target.name} failed twice with OSError"):
+        run_sensors(tiny_events, tmp_path / "twice.parquet", SPLITS)
+    assert not (tmp_path / "twice.parquet").exists() and not (tmp_path / "twice.parquet.tmp").exists()
+
+
+def test_keep_mode_counts_events_kept_without_sensors_against_the_limit(tiny_events, tmp_path):
+    events = tmp_path / "events"
+    for src in sorted(tiny_events.iterdir())[:4]:
+        (events / src.name).mkdir(parents=True)
+        for f in src.iterdir():
+            (events / src.name / f.name).write_bytes(f.read_bytes() if f.name != "sensors.csv" else b"")
+    with pytest.raises(TooManyRejectionsError, match=r"sensors: 4 of 4 events without their sensors"):
+        run_sensors(events, tmp_path / "s.parquet", SPLITS, missing_modality="keep")

@@ -1,0 +1,122 @@
+"""The reuse protocol of the incremental stages (decode, sensors, embed), written once.
+
+A stage's index (decode's report.json, embed's manifest.json, the sensors report) lists every
+file the stage made with its size and sha256. Nothing is reused on the index's word alone:
+
+- the index is loaded only when it parses and is this stage's (absent or damaged: start clean);
+- before a listed file is reused, its size is checked always, and its sha256 whenever the
+  file's (size, mtime, ctime, inode) differ from when this machine last verified it: a file
+  copied, pulled, truncated or rewritten since is read again (ctime cannot be set back by a
+  program), an untouched one costs one `stat`;
+- a file that fails is recomputed, and counted with the reason (`recomputed` in the report).
+
+The stat stamps are machine-local (`.spectral-verified.json` in the output folder, listed in
+`.dvcignore`): they must not change the outputs' bytes. `spectral verify` re-reads everything.
+Files are written through `spectral.shards.AtomicTarWriter` (temp name, renamed when its
+`with` block ends cleanly, removed on any error) and the index is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spectral.incremental import clean_run_requested
+
+STAMPS = ".spectral-verified.json"
+
+
+def file_record(path: Path) -> dict:
+    """{"size", "sha256"} of a file this stage just wrote: what its index lists."""
+    with open(path, "rb") as handle:
+        return {"size": os.fstat(handle.fileno()).st_size, "sha256": hashlib.file_digest(handle, "sha256").hexdigest()}
+
+
+def output_files(directory: Path) -> list[Path]:
+    """The files of a stage's output folder as DVC hashes them: all but the machine-local stamps."""
+    return [p for p in sorted(Path(directory).rglob("*")) if p.is_file() and p.name != STAMPS]
+
+
+def load_index(path: Path, stage: str) -> dict | None:
+    """The stage's last index, or None: absent, damaged (not JSON, another stage's), or a clean run requested."""
+    if clean_run_requested():
+        return None
+    try:
+        index = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return index if isinstance(index, dict) and index.get("stage") == stage else None
+
+
+def publish_index(path: Path, index: dict) -> None:
+    """Replace the index atomically: a reader sees the old one or the new one, never half of either."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+@dataclass
+class Verifier:
+    """Checks files against their index records before reuse; remembers what failed and why."""
+
+    directory: Path
+    stamps: dict[str, list] = field(default_factory=dict)        # file → [size, mtime_ns, ctime_ns, inode, sha256]
+    recomputed: dict[str, str] = field(default_factory=dict)     # file → why it could not be reused
+
+    @classmethod
+    def open(cls, directory: Path) -> Verifier:
+        try:
+            stamps = json.loads((Path(directory) / STAMPS).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stamps = {}
+        return cls(Path(directory), stamps if isinstance(stamps, dict) else {})
+
+    def problem(self, file: str, record: dict) -> str | None:
+        """None when `file` is the one `record` ({"size", "sha256"}) describes; else what is wrong with it."""
+        path = self.directory / file
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return "listed in the index but missing"
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file"
+        size, sha256 = record.get("size"), record.get("sha256")
+        if size is None or sha256 is None:
+            return "the index records no size or sha256 for it"
+        if info.st_size != size:
+            return f"{info.st_size} bytes, the index says {size} (truncated or replaced)"
+        stamp = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
+        if self.stamps.get(file) == [*stamp, sha256]:
+            return None
+        if file_record(path)["sha256"] != sha256:
+            return "content differs from the index's sha256 (damaged or replaced)"
+        self.stamps[file] = [*stamp, sha256]
+        return None
+
+    def reusable(self, file: str, record: dict) -> bool:
+        """problem() is None; a failing file is counted in `recomputed`."""
+        reason = self.problem(file, record)
+        if reason is not None:
+            self.recomputed[file] = reason
+        return reason is None
+
+    def written(self, file: str) -> dict:
+        """The record of a file this run wrote, stamped as verified."""
+        path = self.directory / file
+        record = file_record(path)
+        info = os.stat(path)
+        self.stamps[file] = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, record["sha256"]]
+        return record
+
+    def save(self, listed: set[str], more: dict[str, list] | None = None) -> None:
+        """Write the stamps of the files the new index lists (`more`: other ranks' stamps)."""
+        stamps = {file: value for file, value in {**self.stamps, **(more or {})}.items() if file in listed}
+        tmp = self.directory / (STAMPS + ".tmp")
+        tmp.write_text(json.dumps(stamps, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.replace(self.directory / STAMPS)
+
