@@ -104,6 +104,28 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         print(json.dumps(result, ensure_ascii=False), flush=True)
 
 
+def _cmd_verify(args: argparse.Namespace) -> None:
+    from spectral.reuse import verify_all
+
+    damaged = 0
+    for folder in args.folders:
+        if (folder / "report.json").is_file():
+            from spectral.decode import listed_files
+        elif (folder / "manifest.json").is_file():
+            from spectral.embed import listed_files
+        else:
+            raise FileNotFoundError(f"{folder} holds neither a decode report.json nor an embed manifest.json")
+        records = listed_files(folder)
+        problems = verify_all(folder, records)
+        damaged += len(problems)
+        print(f"{folder}: {len(records) - len(problems)} of {len(records)} shard(s) match their index")
+        for file, problem in problems.items():
+            print(f"  {file}: {problem}")
+    if damaged:
+        raise RuntimeError(f"{damaged} shard(s) damaged: `dvc repro` recomputes them (or `dvc pull` fetches "
+                           f"the committed ones)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spectral", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="print an evaluation metrics file as a table")
     p.add_argument("metrics", type=Path, nargs="?", default=Path("metrics/evaluate.json"))
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("verify", help="read every shard of decoded/embedded folders in full against its index")
+    p.add_argument("folders", type=Path, nargs="*", default=[Path("data/decoded"), Path("data/embeddings")])
+    p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("predict", help="classify raw event folders; one JSON object per event")
     p.add_argument("events", type=Path, nargs="+")

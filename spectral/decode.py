@@ -267,6 +267,12 @@ def _previous_shards(out_dir: Path) -> tuple[dict[str, _Shard], set[str]]:
     return {s.file: s for s in shards}, set()
 
 
+def listed_files(out_dir: Path) -> dict[str, dict]:
+    """Every shard file the decode index lists, with its {"size", "sha256"} (for `spectral verify`)."""
+    shards, _ = _previous_shards(Path(out_dir))
+    return {file: {"size": s.size, "sha256": s.sha256} for file, s in shards.items() if s.sha256 is not None}
+
+
 def _write_index(out_dir: Path, shards: list[_Shard], complete: bool, extra: dict | None = None) -> None:
     """report.json. Before a run touches any file it records only the shards it keeps, so a run killed
     half-way never leaves an index describing a file it since rewrote."""

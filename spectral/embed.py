@@ -326,6 +326,12 @@ def _previous_index(out_dir: Path) -> dict[str, dict]:
         if isinstance(index, dict) else {}
 
 
+def listed_files(out_dir: Path) -> dict[str, dict]:
+    """Every embedding shard the manifest lists, with its {"size", "sha256"} (for `spectral verify`)."""
+    return {file: {"size": entry.get("size"), "sha256": entry.get("sha256")}
+            for file, entry in _previous_index(Path(out_dir)).items()}
+
+
 def _legacy_shards(out_dir: Path) -> set[str]:
     """Shards of the count-cut layout (`train-000000.tar`) when this folder's manifest is that layout's:
     the embed stage wrote them, and nothing reads them any more."""

@@ -120,3 +120,15 @@ class Verifier:
         tmp.write_text(json.dumps(stamps, sort_keys=True) + "\n", encoding="utf-8")
         tmp.replace(self.directory / STAMPS)
 
+
+def verify_all(directory: Path, records: dict[str, dict]) -> dict[str, str]:
+    """Read every listed file in full against its record, whatever the stamps say (`spectral verify`);
+    the files that pass are stamped again. Returns file → problem for those that fail."""
+    from tqdm import tqdm
+
+    verifier = Verifier(Path(directory))
+    problems = {file: why for file, record in tqdm(sorted(records.items()), desc=f"verify {directory}", unit="file")
+                if (why := verifier.problem(file, record)) is not None}
+    verifier.save(set(records) - set(problems))
+    return problems
+

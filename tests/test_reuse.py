@@ -5,6 +5,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -163,3 +165,19 @@ def test_events_lost_between_stages_stop_training_naming_them(archive, clean, tm
     data = CachedShardDataModule(clean / "embedded", table, max_left_out_fraction=0.1)
     data.setup()
     assert [row["event"] for row in data.left_out()] == ["event_2026-11-04"]
+
+
+def test_verify_reads_every_listed_shard_and_names_the_damaged_ones(clean, tmp_path):
+    decoded, embedded = tmp_path / "decoded", tmp_path / "embedded"
+    shutil.copytree(clean / "decoded", decoded)
+    shutil.copytree(clean / "embedded", embedded)
+    command = [sys.executable, "-m", "spectral", "verify", str(decoded), str(embedded)]
+    ok = subprocess.run(command, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert f"{embedded}: {len(list(embedded.glob('*.tar')))} of {len(list(embedded.glob('*.tar')))}" in ok.stdout
+    damaged = largest_shard(embedded)
+    flip_one_byte(damaged)
+    failed = subprocess.run(command, capture_output=True, text=True)
+    assert failed.returncode == 2
+    assert f"{damaged.name}: content differs from the index's sha256" in failed.stdout
+    assert "1 shard(s) damaged" in failed.stderr
