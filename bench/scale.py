@@ -46,7 +46,7 @@ if __name__ == "__main__":  # imports per stage: each process pays only its own 
         print(json.dumps(run_decode(src, dst, DecodeConfig(splits={splits!r}, **options))["reuse"]))
     elif stage == "sensors":
         from spectral.features.table import run_sensors
-        print(json.dumps({{"reused": run_sensors(src, dst, {splits!r})["reused"]}}))
+        print(json.dumps({{"reused": run_sensors(src, dst, {splits!r}, links_outside_events="follow")["reused"]}}))
     else:
         from spectral.embed import EmbedConfig, run_embed
         print(json.dumps(run_embed(src, dst, EmbedConfig(**options))["throughput"]["reuse"]))
@@ -178,7 +178,8 @@ def main() -> None:
         generate(pool, wanted, seed=0, cfg=synth, workers=args.workers)
     generation_s = time.perf_counter() - started
     names = sorted(p.name for p in pool.iterdir())
-    decode_opts = {"num_frames": args.frames, "workers": args.workers}
+    # the events folders link into the generated pool: links outside the events folder are followed, as declared
+    decode_opts = {"num_frames": args.frames, "workers": args.workers, "links_outside_events": "follow"}
     rows = []
     for n in sizes:
         events = link_events(pool, names[:n], work / f"events_{n}")

@@ -22,7 +22,8 @@ def main() -> None:
     video, decode = params["video"], params["decode"]
     config = DecodeConfig(num_frames=video["num_frames"], size=video["size"], interpolation=video["interpolation"],
                           audio_seconds=params["audio"]["seconds"], splits=params["splits"],
-                          missing_modality=params["missing_modality"], **decode)
+                          missing_modality=params["missing_modality"],
+                          links_outside_events=params["links_outside_events"], **decode)
     with stage_ranks(params["distributed"]["timeout_s"]) as ranks:
         report = run_decode(Path(sys.argv[1]), Path(sys.argv[2]), config, ranks)
     if not ranks.is_main:

@@ -15,7 +15,8 @@ def main() -> None:
     sensors = params["sensors"]
     report = run_sensors(Path(sys.argv[1]), Path(sys.argv[2]), params["splits"], strict=sensors["strict"],
                          max_rejected_fraction=sensors["max_rejected_fraction"],
-                         missing_modality=params["missing_modality"])
+                         missing_modality=params["missing_modality"],
+                         links_outside_events=params["links_outside_events"])
     print(f"sensors: {report['accepted_count']} accepted ({report['reused']} with features reused), "
           f"{report['rejected_count']} rejected of {report['inputs']}")
     for rejection in report["rejected"]:

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from spectral.events import DEFAULT_MAX_REJECTED_FRACTION, MISSING_MODALITY_POLICIES
+from spectral.events import DEFAULT_MAX_REJECTED_FRACTION, LINK_POLICIES, MISSING_MODALITY_POLICIES
 from spectral.frames import FORMATS
 from spectral.splits import SPLITS
 
@@ -44,7 +44,8 @@ def _cmd_decode(args: argparse.Namespace) -> None:
                        backend=args.backend, splits=args.splits,
                        frame_format=args.frame_format, jpeg_quality=args.jpeg_quality, shard_events=args.shard_events,
                        max_shard_events=4 * args.shard_events, workers=args.workers, strict=args.strict,
-                       max_rejected_fraction=args.max_rejected_fraction, missing_modality=args.missing_modality)
+                       max_rejected_fraction=args.max_rejected_fraction, missing_modality=args.missing_modality,
+                       links_outside_events=args.links_outside_events)
     with stage_ranks() as ranks:  # under `torchrun ... -m spectral decode`, one rank of it
         report = run_decode(args.events_dir, args.out_dir, cfg, ranks)
     if not ranks.is_main:
@@ -57,7 +58,8 @@ def _cmd_sensors(args: argparse.Namespace) -> None:
     from spectral.features.table import run_sensors
 
     report = run_sensors(args.events_dir, args.out, args.splits, strict=args.strict,
-                         max_rejected_fraction=args.max_rejected_fraction, missing_modality=args.missing_modality)
+                         max_rejected_fraction=args.max_rejected_fraction, missing_modality=args.missing_modality,
+                       links_outside_events=args.links_outside_events)
     print(f"accepted {report['accepted_count']}, rejected {report['rejected_count']}; table: {args.out}")
 
 
@@ -105,17 +107,14 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> None:
-    from spectral.reuse import verify_all
+    from spectral.reuse import read_complete_index, verify_all
 
     damaged = 0
     for folder in args.folders:
-        if (folder / "report.json").is_file():
-            from spectral.decode import listed_files
-        elif (folder / "manifest.json").is_file():
-            from spectral.embed import listed_files
-        else:
-            raise FileNotFoundError(f"{folder} holds neither a decode report.json nor an embed manifest.json")
-        records = listed_files(folder)
+        name = "report.json" if (folder / "report.json").is_file() else "manifest.json"
+        index = read_complete_index(folder / name)  # strict: a damaged or interrupted index is an error here
+        records = ({entry["file"]: entry for entries in index["index"].values() for entry in entries if entry["sha256"]}
+                   if index["stage"] == "decode" else index["index"])
         problems = verify_all(folder, records)
         damaged += len(problems)
         print(f"{folder}: {len(records) - len(problems)} of {len(records)} shard(s) match their index")
@@ -166,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail when more of the events than this are rejected")
     p.add_argument("--missing-modality", choices=MISSING_MODALITY_POLICIES, default="reject",
                    help="keep: an event whose file of this stage is missing/undecodable is kept, the modality masked")
+    p.add_argument("--links-outside-events", choices=LINK_POLICIES, default="refuse",
+                   help="follow: read symlinks that resolve outside the events folder and its DVC cache")
     p.set_defaults(func=_cmd_decode)
 
     p = sub.add_parser("sensors", help="event folders -> Parquet table of sensor features")
@@ -177,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail when more of the events than this are rejected")
     p.add_argument("--missing-modality", choices=MISSING_MODALITY_POLICIES, default="reject",
                    help="keep: an event whose file of this stage is missing/undecodable is kept, the modality masked")
+    p.add_argument("--links-outside-events", choices=LINK_POLICIES, default="refuse",
+                   help="follow: read symlinks that resolve outside the events folder and its DVC cache")
     p.set_defaults(func=_cmd_sensors)
 
     p = sub.add_parser("embed", help="decoded shards -> frozen-backbone frame embedding shards")

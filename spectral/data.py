@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from spectral.features.sensors import SENSOR_FEATURES
 from spectral.io.audio import from_pcm16
 from spectral.keys import event_name
+from spectral.reuse import read_complete_index
 from spectral.shards import shard_split
 
 DEFAULT_MAX_LEFT_OUT_FRACTION = 0.01
@@ -137,11 +138,7 @@ class EventDataset(Dataset):
 
 def read_manifest(embed_dir: Path) -> dict:
     """The embed stage's manifest.json, refused unless that run completed."""
-    path = Path(embed_dir) / "manifest.json"
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if not manifest.get("complete"):
-        raise ValueError(f"{path} is from an interrupted embed run: rerun the embed stage")
-    return manifest
+    return read_complete_index(Path(embed_dir) / "manifest.json")
 
 
 def listed_shards(embed_dir: Path, manifest: dict, split: str) -> list[Path]:

@@ -3,14 +3,17 @@
 Pixels and waveforms are decoded once here so that every later stage streams compact
 arrays instead of re-opening media files. Every input folder ends up either in a shard
 or in report.json's rejections with the reason; one bad file never stops the run unless
-`strict` is set, but more than `max_rejected_fraction` rejected fails the stage (after the
-report is written): that many bad events means a bug or a wrong folder. Whatever had to be
-repaired on the way (undecodable frames, NaN or saturated audio) is recorded per event.
+`strict` is set, but more than `max_rejected_fraction` rejected, or (per modality) rejected or
+kept without it, fails the stage after the report is written: that many means a bug or a
+wrong folder. Only a file's own faults are recorded (spectral.io.errors); a failure of the
+machine is retried once and then stops the stage. Whatever had to be repaired on the way
+(undecodable frames, NaN or saturated audio) is recorded per event.
 
-The stage is incremental (spectral.incremental): report.json doubles as the index of what
-each shard holds and the key it was made from. A shard whose key is unchanged is left
-untouched on disk; a shard that must be rewritten copies its unchanged events from the old
-shards and decodes only new or changed ones. The result is byte-identical to a clean run.
+The stage is incremental (spectral.incremental, spectral.reuse): report.json doubles as the
+index of what each shard holds, the key it was made from, and its size and sha256. A shard
+whose key is unchanged and whose file verifies is left untouched on disk; a shard that must
+be rewritten copies its unchanged events from verified old shards and decodes only new or
+changed ones. The result is byte-identical to a clean run.
 Labels are not decoded (the sensors stage's table carries them), so relabelling re-decodes
 nothing. An event needs video.mp4 and audio.wav here; a missing or undecodable one rejects it, or
 with `missing_modality: keep` is left out of the sample and named (training masks it).
@@ -43,17 +46,19 @@ from spectral.events import (
     StrictModeError,
     attempt_twice,
     check_file,
+    check_link_policy,
     check_losses,
     check_missing_policy,
     describe_error,
     display_name,
     find_event_folders,
     load_event,
+    time_budget,
 )
 from spectral.frames import check_format, encode_frames
 from spectral.incremental import (
     digest,
-    file_sha256,
+    file_key,
     module_code_digest,
     plan_shards,
     shard_file_name,
@@ -89,14 +94,17 @@ class DecodeConfig:
     strict: bool = False
     max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION
     missing_modality: str = "reject"  # keep: an event without usable video or audio is kept, that modality masked
+    links_outside_events: str = "refuse"  # follow: read links that resolve outside the events folder and DVC cache
+    event_timeout_s: float = 300.0  # per event and attempt; a time-out is retried once, then stops the stage
 
     def __post_init__(self) -> None:
         check_missing_policy(self.missing_modality)
+        check_link_policy(self.links_outside_events)
 
     def sample_config(self) -> dict:
         """What a decoded sample's bytes depend on (with the media and the code): its reuse key."""
         config = {key: getattr(self, key) for key in ("num_frames", "size", "audio_seconds", "backend", "interpolation",
-                                                      "splits", "missing_modality",
+                                                      "splits", "missing_modality", "links_outside_events",
                                                       "frame_format", "jpeg_quality")}
         if self.frame_format != "jpeg":  # the quality changes no byte of h264/npy shards
             config["jpeg_quality"] = None
@@ -124,18 +132,19 @@ def media_warnings(video: VideoInfo | None, audio: AudioInfo | None) -> list[str
 
 
 def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpolation: str,
-                 audio_seconds: float = TARGET_SECONDS, keep_missing: bool = False) -> dict:
+                 audio_seconds: float = TARGET_SECONDS, keep_missing: bool = False, links_inside: bool = False) -> dict:
     """One event's frames ("frames.npy", uint8 [N, size, size, 3]), int16 audio and metadata; raises
     EventError naming the file at fault. Labels are not read. `keep_missing`: a missing, empty or
     undecodable video or audio is left out of the sample and named in json["missing"] with its reason
-    (the model masks it), instead of rejecting the event."""
-    event = load_event(folder, labelled=False, files=() if keep_missing else DECODED_FILES)
+    (the model masks it), instead of rejecting the event. `links_inside`: links that resolve outside the
+    folder holding the event (and its DVC cache) are refused (spectral.events.check_link)."""
+    event = load_event(folder, labelled=False, files=() if keep_missing else DECODED_FILES, links_inside=links_inside)
     sample: dict = {"__key__": sample_key(event.name)}
     meta: dict = {"event": event.name}
     missing: dict[str, str] = {}
     video_info = audio_info = None
     try:
-        path = check_file(event.path, VIDEO_FILE)
+        path = check_file(event.path, VIDEO_FILE, links_inside)
         try:
             sample["frames.npy"], video_info = load_video(str(path), num_frames, size, backend, interpolation)
         except Exception as err:
@@ -148,7 +157,7 @@ def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpo
             raise
         missing["video"] = str(err)
     try:
-        path = check_file(event.path, AUDIO_FILE)
+        path = check_file(event.path, AUDIO_FILE, links_inside)
         try:
             waveform, audio_info = load_audio(str(path), length=audio_samples(audio_seconds))
         except Exception as err:
@@ -194,8 +203,10 @@ def _decode_or_reason(folder: Path, cfg: DecodeConfig) -> Result:
     """An event's sample, or the reason its files cannot give one; a failure of the machine (I/O, memory: not
     a property of the files) is retried once and then raises MachineFailure, which stops the stage."""
     def decode() -> dict:
-        sample = decode_event(folder, cfg.num_frames, cfg.size, cfg.backend, cfg.interpolation, cfg.audio_seconds,
-                              keep_missing=cfg.missing_modality == "keep")
+        with time_budget(cfg.event_timeout_s, f"decoding {display_name(folder.name)}"):  # a hung read, never recorded
+            sample = decode_event(folder, cfg.num_frames, cfg.size, cfg.backend, cfg.interpolation,
+                                  cfg.audio_seconds, keep_missing=cfg.missing_modality == "keep",
+                                  links_inside=cfg.links_outside_events == "refuse")
         if len(missing := sample["json"].get("missing", {})) == len(DECODED_FILES):  # nothing left to shard
             raise EventError(folder.name, None, f"neither video nor audio decodes ({missing['video']}; "
                                                 f"{missing['audio']})")
@@ -267,12 +278,6 @@ def _previous_shards(out_dir: Path) -> tuple[dict[str, _Shard], set[str]]:
     return {s.file: s for s in shards}, set()
 
 
-def listed_files(out_dir: Path) -> dict[str, dict]:
-    """Every shard file the decode index lists, with its {"size", "sha256"} (for `spectral verify`)."""
-    shards, _ = _previous_shards(Path(out_dir))
-    return {file: {"size": s.size, "sha256": s.sha256} for file, s in shards.items() if s.sha256 is not None}
-
-
 def _write_index(out_dir: Path, shards: list[_Shard], complete: bool, extra: dict | None = None) -> None:
     """report.json. Before a run touches any file it records only the shards it keeps, so a run killed
     half-way never leaves an index describing a file it since rewrote."""
@@ -318,6 +323,7 @@ def _plan(folders: list[Path], cfg: DecodeConfig, ranks: Ranks) -> tuple[list[_S
     """Every shard this run's outputs consist of, before anything is decoded, and the ones this rank
     makes (whole shards, balanced by event count), keyed: a rank hashes only its own shards' inputs."""
     salt = digest("decode", module_code_digest(__file__), cfg.sample_config())
+    links_inside = cfg.links_outside_events == "refuse"
     split_of = {folder.name: assign_split(folder.name, cfg.splits) for folder in folders}
     by_name = {folder.name: folder for folder in folders}
     shards = [_Shard(split, shard_file_name(split, members), "", dict.fromkeys(members, ""))
@@ -331,7 +337,7 @@ def _plan(folders: list[Path], cfg: DecodeConfig, ranks: Ranks) -> tuple[list[_S
     for shard in mine:
         for name in shard.event_keys:
             shard.event_keys[name] = attempt_twice("decode", name, lambda name=name: digest(
-                salt, name, *(file_sha256(by_name[name] / f) for f in DECODED_FILES)))
+                salt, name, *(file_key(by_name[name] / f, links_inside) for f in DECODED_FILES)))
             progress.update()
         shard.key = digest(shard.split, shard.event_keys)
     progress.close()
@@ -447,7 +453,7 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
     if ranks.is_main:
         _write_index(out_dir, shards, complete=True, extra=report)
         verifier.save({s.file for s in shards if s.sha256},
-                      {f: stamp for *_, other in reports for f, stamp in other.stamps.items()})
+                      {f: stamp for *_, other in reports for f, stamp in other.fresh.items()})
     ranks.barrier()  # a failing check below must not end the ranks before rank 0 has written the report
     kept_without = {modality: sum(modality in lacking for lacking in report["incomplete"].values())
                     for modality in ("video", "audio")}

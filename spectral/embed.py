@@ -37,7 +37,7 @@ from spectral.distributed import SINGLE_PROCESS, Ranks, assign_by_size
 from spectral.frames import is_frame_member, load_frames
 from spectral.incremental import digest, module_code_digest
 from spectral.models.backbone import BackboneInfo, FrameEncoder, create_backbone
-from spectral.reuse import Verifier, load_index, publish_index
+from spectral.reuse import Verifier, load_index, publish_index, read_complete_index
 from spectral.shards import AtomicTarWriter, remove_stale_shards
 from spectral.splits import SPLITS
 
@@ -196,12 +196,7 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
     Under torchrun each rank embeds whole shards (balanced by event count) on its own device, and
     rank 0 writes the manifest once every rank has reported what it wrote."""
     decoded_dir, out_dir = Path(decoded_dir), Path(out_dir)
-    report_path = decoded_dir / "report.json"
-    if not report_path.is_file():
-        raise FileNotFoundError(f"{report_path} not found: {decoded_dir} is not the output of the decode stage")
-    report = json.loads(report_path.read_text(encoding="utf-8"))
-    if not report.get("complete") or "index" not in report or "audio" not in report:
-        raise ValueError(f"{report_path} is from an interrupted or older decode run: rerun the decode stage")
+    report = read_complete_index(decoded_dir / "report.json")
     decoded = Verifier.open(decoded_dir)  # decode's own stamps: read-only here
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder, info, device = build_encoder(cfg, ranks.local_rank)
@@ -233,8 +228,9 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
     event_counts = {entry["file"]: len(entry["accepted"]) for _, entry in inputs}
     previous, legacy = _previous_index(out_dir), _legacy_shards(out_dir)
     verifier = Verifier.open(out_dir)
-    kept = {file for file, key in keys.items()
-            if previous.get(file, {}).get("key") == key and verifier.reusable(file, previous[file])}
+    # rank 0 verifies (one read of each shard, not one per rank); the others wait for its answer
+    kept = ranks.broadcast({file for file, key in keys.items() if previous.get(file, {}).get("key") == key
+                            and verifier.reusable(file, previous[file])} if ranks.is_main else None)
     ranks.barrier()  # every rank has read the previous index before it is rewritten
     if ranks.is_main:
         _write_manifest(out_dir, {"index": {file: previous[file] for file in sorted(kept)}}, complete=False)
@@ -242,10 +238,12 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
     todo = [entry for _, entry in inputs if entry["file"] not in kept]
     owners = assign_by_size([len(entry["accepted"]) for entry in todo], ranks.world_size)
     to_embed = [entry for entry, owner in zip(todo, owners, strict=True) if owner == ranks.rank]
-    for entry in to_embed:  # a damaged input must not become embeddings: decode repairs it on its next run
-        if (problem := decoded.problem(entry["file"], entry)) is not None:
-            raise ValueError(f"{decoded_dir / entry['file']}: {problem}; rerun the decode stage (it verifies its "
-                             f"shards and rewrites a damaged one)")
+    # a damaged input must not become embeddings: decode repairs it on its next run (every rank stops together)
+    problems = [f"{decoded_dir / entry['file']}: {problem}" for entry in to_embed
+                if (problem := decoded.problem(entry["file"], entry)) is not None]
+    if problems := [problem for rank_problems in ranks.gather(problems) for problem in rank_problems]:
+        raise ValueError(f"{problems[0]}; rerun the decode stage (it verifies its shards and rewrites a damaged "
+                         f"one)")
     shard_events = {str(decoded_dir / entry["file"]): event_counts[entry["file"]] for entry in to_embed}
     index = {}
     frames_done, seconds = 0, 0.0
@@ -291,11 +289,12 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
     for rank_index, _, _ in reports:
         index.update(rank_index)
     removed = remove_stale_shards(out_dir, keep=set(keys), legacy=legacy) if ranks.is_main else []
-    recomputed = {file: why for other in ranks.gather(verifier) for file, why in other.recomputed.items()}
+    verifiers = ranks.gather(verifier)
+    recomputed = {file: why for other in verifiers for file, why in other.recomputed.items()}
     elapsed = time.perf_counter() - started
     per_split = {split: sum(event_counts[e["file"]] for s, e in inputs if s == split) for split in SPLITS}
     manifest = {"stage": "embed", **recipe, "per_split": per_split, "index": {file: index[file] for file in keys}}
-    stamps = {file: stamp for other in ranks.gather(verifier) for file, stamp in other.stamps.items()}
+    stamps = {file: stamp for other in verifiers for file, stamp in other.fresh.items()}
     if ranks.is_main:
         _write_manifest(out_dir, manifest, complete=True)
         verifier.save(set(keys), stamps)
@@ -324,12 +323,6 @@ def _previous_index(out_dir: Path) -> dict[str, dict]:
     index = manifest.get("index") if manifest else None
     return {file: entry for file, entry in index.items() if isinstance(entry, dict) and "key" in entry} \
         if isinstance(index, dict) else {}
-
-
-def listed_files(out_dir: Path) -> dict[str, dict]:
-    """Every embedding shard the manifest lists, with its {"size", "sha256"} (for `spectral verify`)."""
-    return {file: {"size": entry.get("size"), "sha256": entry.get("sha256")}
-            for file, entry in _previous_index(Path(out_dir)).items()}
 
 
 def _legacy_shards(out_dir: Path) -> set[str]:

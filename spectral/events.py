@@ -7,10 +7,15 @@ wherever it is first touched.
 
 from __future__ import annotations
 
+import configparser
+import contextlib
+import errno
+import functools
 import json
+import signal
 import stat
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -79,6 +84,31 @@ class StrictModeError(RuntimeError):
 
 class MachineFailure(RuntimeError):
     """An event failed twice for a reason that is not a property of its files: the stage stops, recording nothing."""
+
+
+class EventTimeout(TimeoutError):
+    """An event ran past its time budget: the machine's problem (a hung read, a pathological decode), not recorded."""
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float, what: str) -> Iterator[None]:
+    """Raise EventTimeout in this (main) thread when the block runs longer than `seconds` (0: no budget).
+
+    A SIGALRM timer: it interrupts Python code, and C code (a decoder) as soon as it returns a frame."""
+    if not seconds:
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise EventTimeout(f"{what} took longer than its {seconds:g} s time budget")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def describe_error(err: BaseException) -> str:
@@ -184,23 +214,85 @@ def read_metadata(folder: Path) -> dict:
     return metadata
 
 
-def check_file(folder: Path, file: str) -> Path:
+def special_file(mode: int) -> str | None:
+    """What a file that is not a regular file or a folder is ("a FIFO", "a device", "a socket"); None otherwise."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+
+
+def check_file(folder: Path, file: str, links_inside: bool = False) -> Path:
     """folder/file, or MissingFileError when it is absent or empty (a phone that never started a recorder);
-    MediaError for a FIFO, a device or a link to one, which is refused without being opened."""
+    MediaError for a FIFO, a device or a link to one, which is refused without being opened, and, with
+    `links_inside`, for a link whose target is outside the events folder (see `check_link`)."""
     path = Path(folder) / file
     try:
         info = path.stat()
     except (FileNotFoundError, NotADirectoryError):
         raise MissingFileError(Path(folder).name, file, "file is missing") from None
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise MediaError(Path(folder).name, file, "a symlink loop: refused") from None
     if stat.S_ISDIR(info.st_mode):
         raise MissingFileError(Path(folder).name, file, "file is missing (a folder has its name)")
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode) or \
-            stat.S_ISBLK(info.st_mode) else "a socket"
+    if (kind := special_file(info.st_mode)) is not None:
         raise MediaError(Path(folder).name, file, f"not a regular file ({kind}): refused without reading it")
     if info.st_size == 0:
         raise MissingFileError(Path(folder).name, file, "file is empty")
+    if links_inside:
+        check_link(path, Path(folder).parent, Path(folder).name, file)
     return path
+
+
+LINK_POLICIES = ("refuse", "follow")
+LINK_OUTSIDE = "outside the events folder and its DVC cache"
+
+
+def check_link_policy(policy: str) -> str:
+    if policy not in LINK_POLICIES:
+        raise ValueError(f"links_outside_events must be one of {', '.join(LINK_POLICIES)}, got {policy!r}")
+    return policy
+
+
+@functools.cache
+def link_targets_allowed(events_root: Path) -> tuple[Path, ...]:
+    """Where a link inside the events folder may point: the folder itself, and the DVC cache of the project
+    holding it (`dvc add` with `cache.type: symlink` turns every recording into a link there)."""
+    root = Path(events_root).resolve()
+    allowed = [root]
+    for project in (root, *root.parents):
+        dvc_dir = project / ".dvc"
+        if dvc_dir.is_dir():
+            cache = dvc_dir / "cache"
+            for config in (dvc_dir / "config", dvc_dir / "config.local"):
+                parser = configparser.ConfigParser()
+                try:
+                    parser.read(config, encoding="utf-8")
+                except configparser.Error:
+                    continue
+                if parser.has_option("cache", "dir"):
+                    cache = dvc_dir / parser.get("cache", "dir")
+            allowed.append(cache.resolve())
+            break
+    return tuple(allowed)
+
+
+def links_outside(path: Path, events_root: Path) -> bool:
+    """Whether `path` resolves outside the events folder and its project's DVC cache (see check_link)."""
+    target = Path(path).resolve()
+    return not any(target.is_relative_to(allowed) for allowed in link_targets_allowed(Path(events_root)))
+
+
+def check_link(path: Path, events_root: Path, event: str, file: str | None) -> None:
+    """Refuse a path that resolves outside the events folder and its project's DVC cache: a symlink in a
+    shared archive must not make a stage read (and publish) whatever it points to. The reason names no
+    path: it is stored in outputs that must be the same bytes on every machine."""
+    if links_outside(path, events_root):
+        raise MediaError(event, file, f"a link {LINK_OUTSIDE}: refused (param links_outside_events: follow "
+                                      f"allows it)")
 
 
 MISSING_MODALITY_POLICIES = ("keep", "reject")
@@ -212,13 +304,15 @@ def check_missing_policy(policy: str) -> str:
     return policy
 
 
-def load_event(folder: Path, *, labelled: bool = True, files: tuple[str, ...] = REQUIRED_FILES[1:]) -> Event:
+def load_event(folder: Path, *, labelled: bool = True, files: tuple[str, ...] = REQUIRED_FILES[1:],
+               links_inside: bool = False) -> Event:
     """Validate an event folder; raise an EventError subclass naming the first problem found.
 
     `labelled=False` (prediction, decode) ignores metadata.json entirely: it holds only the
     label, and an absent, unknown or malformed label says nothing about whether the recording
     can be decoded or classified. `files` are the recordings the caller reads: a stage checks
     only what its result depends on, or a file it never reads would change its outcome.
+    `links_inside`: the folder and its files may not be links that resolve outside the events folder.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -228,9 +322,13 @@ def load_event(folder: Path, *, labelled: bool = True, files: tuple[str, ...] = 
                                             "rename the folder")
     if not folder.name.startswith(EVENT_PREFIX):
         raise EventError(folder.name, None, f"folder name must start with {EVENT_PREFIX!r}")
+    if links_inside:
+        check_link(folder, folder.parent, folder.name, None)
+        if labelled and (folder / METADATA_FILE).exists():
+            check_link(folder / METADATA_FILE, folder.parent, folder.name, METADATA_FILE)
     metadata = read_metadata(folder) if labelled else {}
     for file in files:
-        check_file(folder, file)
+        check_file(folder, file, links_inside)
     if not labelled:
         return Event(folder, None, metadata)
     raw_label = metadata.get("classification")

@@ -14,6 +14,7 @@ known before anything is decoded and an added event rewrites only the shard it f
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ import stat
 from pathlib import Path
 
 from spectral.deps import code_digest
+from spectral.events import LINK_OUTSIDE, links_outside, special_file
 
 CLEAN_RUN_ENV = "SPECTRAL_CLEAN_RUN"
 _BOUNDARY_SALT = b"spectral-shard-boundary\0"  # independent of the split hash (spectral.splits)
@@ -39,20 +41,32 @@ def digest(*parts: object) -> str:
 
 
 def file_sha256(path: Path) -> str | None:
-    """Content digest of a file; None when it does not exist. A FIFO, a device or a link to one is never
-    read (a FIFO would block for ever, `/dev/zero` never ends): its digest is the text `not a regular file`,
-    which the stage then rejects. Any other error is raised: an unreadable file is the machine's failure."""
+    """Content digest of a regular file; None when it does not exist or is a folder. A FIFO, a device, a socket
+    or a link to one is never opened (a FIFO would block for ever, `/dev/zero` never ends): its digest is the
+    text naming what it is, which the stage then rejects; likewise a symlink loop. Any other error is raised:
+    an unreadable file is the machine's failure."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # non-blocking: opening a FIFO must not wait for a writer
+        mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
         return None
-    with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            return None
-        if not stat.S_ISREG(mode):
-            return "not a regular file"
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symlink loop"
+        raise
+    if stat.S_ISDIR(mode):
+        return None
+    if (kind := special_file(mode)) is not None:
+        return f"not a regular file ({kind})"
+    with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def file_key(path: Path, links_inside: bool) -> str | None:
+    """What a stage's reuse key holds for one input file: its content digest, or, when links must stay inside
+    the events folder and this one does not, that fact (the target is never read; spectral.events.check_link)."""
+    if links_inside and links_outside(path, Path(path).parent.parent):
+        return LINK_OUTSIDE
+    return file_sha256(path)
 
 
 def module_code_digest(module_file: str | Path) -> str:

@@ -19,10 +19,19 @@ import numpy as np
 import torch
 
 from spectral.decode import decode_event
-from spectral.events import SENSORS_FILE, EventError, MissingFileError, check_file, display_name
+from spectral.events import (
+    SENSORS_FILE,
+    EventError,
+    MissingFileError,
+    attempt_twice,
+    check_file,
+    describe_error,
+    display_name,
+)
 from spectral.features.sensors import missing_features, sensor_features
 from spectral.frames import stored_frames
 from spectral.io.audio import TARGET_RATE, from_pcm16
+from spectral.io.errors import is_invalid_table
 from spectral.io.video import check_backend
 from spectral.models.artifact import load_model
 from spectral.models.fusion import SpectralFusionModel
@@ -79,8 +88,11 @@ class Predictor:
             event.sensors = sensor_features(check_file(folder, SENSORS_FILE)).astype(np.float32)
         except MissingFileError as err:
             event.missing["sensors"] = str(err)
-        except Exception as err:  # any parse failure is a property of this file: the modality is absent
-            event.missing["sensors"] = str(EventError(folder.name, SENSORS_FILE, f"cannot read sensors: {err}"))
+        except Exception as err:
+            if not is_invalid_table(err):  # the machine's failure (I/O, memory): not an absent modality
+                raise
+            event.missing["sensors"] = str(EventError(folder.name, SENSORS_FILE,
+                                                      f"cannot read sensors: {describe_error(err)}"))
         if len(event.missing) == len(MODALITIES):
             raise EventError(folder.name, None, "no modality could be read: " +
                              "; ".join(f"{m}: {why}" for m, why in event.missing.items()))
@@ -123,9 +135,9 @@ class Predictor:
         """One result per folder, in order: a prediction or {"event", "error"}."""
         pending: list[PreparedEvent] = []
         for folder in map(Path, folders):
-            try:
-                pending.append(self.prepare(folder))
-            except Exception as err:  # reported per event; the rest of the batch goes on
+            try:  # a machine failure (I/O, memory) is retried once, then raises MachineFailure: never an answer
+                pending.append(attempt_twice("predict", folder.name, lambda folder=folder: self.prepare(folder)))
+            except EventError as err:  # the event's own files: reported per event; the rest of the batch goes on
                 # flush what is pending first, so results keep the input order
                 if pending:
                     yield from self._run(pending)

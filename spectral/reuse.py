@@ -37,8 +37,10 @@ def file_record(path: Path) -> dict:
 
 
 def output_files(directory: Path) -> list[Path]:
-    """The files of a stage's output folder as DVC hashes them: all but the machine-local stamps."""
-    return [p for p in sorted(Path(directory).rglob("*")) if p.is_file() and p.name != STAMPS]
+    """The files of a stage's output folder as DVC hashes them (`.dvcignore`): all but the machine-local stamps
+    and half-written `.tmp` files."""
+    return [p for p in sorted(Path(directory).rglob("*")) if p.is_file() and p.name != STAMPS
+            and not p.name.endswith(".tmp")]
 
 
 def load_index(path: Path, stage: str) -> dict | None:
@@ -50,6 +52,24 @@ def load_index(path: Path, stage: str) -> dict | None:
     except (OSError, ValueError):
         return None
     return index if isinstance(index, dict) and index.get("stage") == stage else None
+
+
+def read_complete_index(path: Path) -> dict:
+    """A decode or embed index that a run completed, or a ValueError saying what is wrong with it (for
+    readers that must not fall back to recomputing: training, evaluation, `spectral verify`)."""
+    path = Path(path)
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: {path.parent} is not the output of the decode or embed stage") \
+            from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} cannot be read ({err}): rerun the stage that writes it") from None
+    if not isinstance(index, dict) or index.get("stage") not in ("decode", "embed") or "index" not in index:
+        raise ValueError(f"{path} is not a decode or embed index: rerun the stage that writes it")
+    if not index.get("complete"):
+        raise ValueError(f"{path} is from an interrupted {index['stage']} run: rerun the {index['stage']} stage")
+    return index
 
 
 def publish_index(path: Path, index: dict) -> None:
@@ -66,6 +86,7 @@ class Verifier:
 
     directory: Path
     stamps: dict[str, list] = field(default_factory=dict)        # file → [size, mtime_ns, ctime_ns, inode, sha256]
+    fresh: dict[str, list] = field(default_factory=dict)         # the stamps made by this run (other ranks' merge)
     recomputed: dict[str, str] = field(default_factory=dict)     # file → why it could not be reused
 
     @classmethod
@@ -95,7 +116,7 @@ class Verifier:
             return None
         if file_record(path)["sha256"] != sha256:
             return "content differs from the index's sha256 (damaged or replaced)"
-        self.stamps[file] = [*stamp, sha256]
+        self.stamps[file] = self.fresh[file] = [*stamp, sha256]
         return None
 
     def reusable(self, file: str, record: dict) -> bool:
@@ -110,11 +131,12 @@ class Verifier:
         path = self.directory / file
         record = file_record(path)
         info = os.stat(path)
-        self.stamps[file] = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, record["sha256"]]
+        self.stamps[file] = self.fresh[file] = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino,
+                                                record["sha256"]]
         return record
 
     def save(self, listed: set[str], more: dict[str, list] | None = None) -> None:
-        """Write the stamps of the files the new index lists (`more`: other ranks' stamps)."""
+        """Write the stamps of the files the new index lists (`more`: the stamps other ranks made this run)."""
         stamps = {file: value for file, value in {**self.stamps, **(more or {})}.items() if file in listed}
         tmp = self.directory / (STAMPS + ".tmp")
         tmp.write_text(json.dumps(stamps, sort_keys=True) + "\n", encoding="utf-8")

@@ -42,7 +42,6 @@ from spectral.models.fusion import SpectralFusionModel
 from spectral.models.modalities import MODALITIES
 from spectral.posthoc import fit_posthoc
 from spectral.provenance import code_revision, params_digest
-from spectral.reuse import output_files
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +310,10 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
         "train_precision": precision,
         "provenance": {
             "code": code_revision(Path(__file__)),
-            "embeddings_sha256": files_digest(output_files(embed_dir), Path(embed_dir)),
+            # what training read: the manifest and the shards it lists (a stray file in the folder is not part)
+            "embeddings_sha256": files_digest([Path(embed_dir) / "manifest.json",
+                                               *(Path(embed_dir) / file for file in manifest["index"])],
+                                              Path(embed_dir)),
             "sensors_sha256": files_digest([Path(sensors_path)], Path(sensors_path).parent),
             "params_sha256": params_digest({"train": asdict(cfg), "video.weights": weights}),
         },

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from media import frame_index, make_event
 import spectral.decode
 from spectral.decode import DecodeConfig, run_decode
 from spectral.events import MachineFailure, StrictModeError, TooManyRejectionsError
+from spectral.features.table import run_sensors
 from spectral.frames import load_frames, stored_frames
 from spectral.io.video import sample_indices
 from spectral.keys import event_name
@@ -308,3 +310,87 @@ def test_a_fifo_or_a_link_to_a_device_as_media_is_refused_without_being_read(six
     assert report["incomplete"] == {"event_01": ["video"], "event_02": ["audio"]}
     assert "video.mp4: not a regular file (a FIFO): refused without reading it" in report["warnings"]["event_01"][0]
     assert "audio.wav: not a regular file (a device)" in report["warnings"]["event_02"][0]
+
+
+def test_links_outside_the_events_folder_are_refused_unless_followed(six_events, tmp_path):
+    outside = tmp_path / "elsewhere"
+    shutil.move(six_events / "event_04", outside / "event_04")
+    (six_events / "event_04").symlink_to(outside / "event_04", target_is_directory=True)  # the whole event
+    shutil.move(six_events / "event_05" / "video.mp4", outside / "video.mp4")
+    (six_events / "event_05" / "video.mp4").symlink_to(outside / "video.mp4")  # one recording
+    (six_events / "event_03" / "audio.wav").rename(six_events / "event_03" / "take2.wav")
+    (six_events / "event_03" / "audio.wav").symlink_to("take2.wav")  # a link inside the folder is fine
+    report = run_decode(six_events, tmp_path / "refuse", KEEP)
+    assert report["accepted"] == ["event_00", "event_01", "event_02", "event_03", "event_05"]
+    assert report["rejected"][0]["reason"].startswith("event_04: a link outside the events folder and its DVC cache")
+    assert report["incomplete"] == {"event_05": ["video"]}
+    sensors = run_sensors(six_events, tmp_path / "sensors.parquet", CFG.splits, missing_modality="keep")
+    assert [r["event"] for r in sensors["rejected"]] == ["event_04"]
+    followed = run_decode(six_events, tmp_path / "follow", replace(KEEP, links_outside_events="follow"))
+    assert followed["rejected"] == [] and followed["incomplete"] == {}
+
+
+def test_dvc_add_with_symlink_cache_keeps_every_recording(six_events, tmp_path):
+    """`dvc add` with cache.type: symlink turns each recording into a link into .dvc/cache: still inside."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    shutil.move(six_events, project / "data" / "recordings")
+    dvc = str(Path(sys.executable).parent / "dvc")
+    for command in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "cache.type", "symlink"],
+                    [dvc, "add", "-q", "data/recordings"]):
+        subprocess.run(command, cwd=project, check=True, capture_output=True)
+    assert (project / "data" / "recordings" / "event_00" / "video.mp4").is_symlink()
+    report = run_decode(project / "data" / "recordings", tmp_path / "out", KEEP)
+    assert report["accepted_count"] == 6 and report["incomplete"] == {}
+    sensors = run_sensors(project / "data" / "recordings", tmp_path / "s.parquet", CFG.splits)
+    assert sensors["accepted_count"] == 6
+
+
+def test_an_event_past_its_time_budget_is_retried_then_stops_the_stage(six_events, tmp_path, monkeypatch):
+    real_load_video = spectral.decode.load_video
+
+    def hung(path, *args):
+        if "event_02" in path:
+            time.sleep(30)
+        return real_load_video(path, *args)
+
+    monkeypatch.setattr(spectral.decode, "load_video", hung)
+    started = time.monotonic()
+    with pytest.raises(MachineFailure, match=r"event_02 failed twice with EventTimeout: decoding event_02 took "
+                                             r"longer than its 0.5 s time budget"):
+        run_decode(six_events, tmp_path / "out", replace(KEEP, event_timeout_s=0.5))
+    assert time.monotonic() - started < 20
+
+
+def test_a_folder_or_a_socket_named_as_media_is_a_property_of_the_event(six_events, tmp_path):
+    import socket
+
+    (six_events / "event_01" / "audio.wav").unlink()
+    (six_events / "event_01" / "audio.wav").mkdir()
+    (six_events / "event_02" / "video.mp4").unlink()
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(six_events / "event_02" / "video.mp4"))
+    try:
+        report = run_decode(six_events, tmp_path / "out", KEEP)
+    finally:
+        server.close()
+    assert report["incomplete"] == {"event_01": ["audio"], "event_02": ["video"]}
+    assert "not a regular file (a socket)" in report["warnings"]["event_02"][0]
+
+
+def test_a_link_that_changes_side_is_decided_again(six_events, tmp_path):
+    """The refusal is part of the key, and its reason names no path: the same bytes under any checkout."""
+    video = six_events / "event_03" / "video.mp4"
+    outside = tmp_path / "outside.mp4"
+    shutil.copy(video, outside)
+    kept = video.with_name("same.mp4")
+    video.rename(kept)
+    video.symlink_to(outside)  # identical bytes, outside: refused
+    refused = run_decode(six_events, tmp_path / "out", KEEP)
+    assert refused["incomplete"] == {"event_03": ["video"]} and str(tmp_path) not in json.dumps(refused["warnings"])
+    video.unlink()
+    video.symlink_to("same.mp4")  # identical bytes, inside: decoded, as a clean run would
+    again = run_decode(six_events, tmp_path / "out", KEEP)
+    assert again["incomplete"] == {}
+    run_decode(six_events, tmp_path / "clean", KEEP)
+    assert digest(tmp_path / "out") == digest(tmp_path / "clean")

@@ -12,6 +12,7 @@ import tarfile
 import pytest
 from media import make_event
 
+import spectral.reuse
 from spectral.data import CachedShardDataModule
 from spectral.decode import DecodeConfig, run_decode
 from spectral.embed import EmbedConfig, run_embed
@@ -55,20 +56,23 @@ def truncate_at_member_boundary(shard):
 
 
 def flip_one_byte(path):
-    """Same size, one byte changed, mtime set back: only the content check can see it (the ctime moved)."""
+    """In place: same size, same inode, one byte changed, mtime set back. Only the ctime (which no program can set
+    back) tells the verifier to read the content again."""
     info = os.stat(path)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.unlink()
-    path.write_bytes(bytes(data))
+    with open(path, "r+b") as handle:
+        handle.seek(info.st_size // 2)
+        byte = handle.read(1)
+        handle.seek(info.st_size // 2)
+        handle.write(bytes([byte[0] ^ 0xFF]))
     os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert os.stat(path).st_ino == info.st_ino and os.stat(path).st_size == info.st_size
 
 
 def largest_shard(directory):
     return max((p for p in directory.glob("*.tar")), key=lambda p: (p.stat().st_size, p.name))
 
 
-def test_the_verifier_reads_a_file_again_only_when_its_stat_changed(tmp_path):
+def test_the_verifier_reads_a_file_again_only_when_its_stat_changed(tmp_path, monkeypatch):
     path = tmp_path / "a.tar"
     path.write_bytes(b"x" * 100)
     verifier = Verifier.open(tmp_path)
@@ -77,6 +81,9 @@ def test_the_verifier_reads_a_file_again_only_when_its_stat_changed(tmp_path):
     verifier.save({"a.tar"})
     stamped = Verifier.open(tmp_path)
     assert stamped.stamps == verifier.stamps and (tmp_path / STAMPS).is_file()
+    reads = []
+    monkeypatch.setattr(spectral.reuse, "file_record", lambda p: reads.append(p) or file_record(p))
+    assert stamped.problem("a.tar", record) is None and reads == []  # untouched: one stat, no read
     flip_one_byte(path)  # the stamp's ctime differs: the content is read and found to differ
     assert "content differs" in stamped.problem("a.tar", record)
     path.write_bytes(b"x" * 99)
@@ -90,7 +97,7 @@ def test_the_verifier_reads_a_file_again_only_when_its_stat_changed(tmp_path):
 def test_a_damaged_decode_shard_is_rewritten_and_counted(archive, clean, tmp_path, damage):
     out = tmp_path / "decoded"
     shutil.copytree(clean / "decoded", out)
-    (out / STAMPS).unlink()  # another machine's copy: nothing verified here yet
+    assert run_decode(archive, out, CFG)["reuse"]["events_decoded"] == 0  # the copy verified and stamped here
     shard = largest_shard(out)
     damage(shard)
     report = run_decode(archive, out, CFG)
@@ -105,6 +112,7 @@ def test_a_damaged_decode_shard_is_rewritten_and_counted(archive, clean, tmp_pat
 def test_a_damaged_embedding_shard_is_recomputed_and_counted(clean, tmp_path, damage):
     out = tmp_path / "embedded"
     shutil.copytree(clean / "embedded", out)
+    assert run_embed(clean / "decoded", out, EMBED)["throughput"]["reuse"]["shards_written"] == 0  # stamped here
     shard = largest_shard(out)
     damage(shard)
     result = run_embed(clean / "decoded", out, EMBED)
@@ -181,3 +189,6 @@ def test_verify_reads_every_listed_shard_and_names_the_damaged_ones(clean, tmp_p
     assert failed.returncode == 2
     assert f"{damaged.name}: content differs from the index's sha256" in failed.stdout
     assert "1 shard(s) damaged" in failed.stderr
+    (embedded / "manifest.json").write_text('{"stage": "embed", "complete": false, "index": {}}')
+    refused = subprocess.run(command, capture_output=True, text=True)  # no silent "0 of 0 match"
+    assert refused.returncode == 2 and "interrupted embed run" in refused.stderr

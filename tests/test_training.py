@@ -1,4 +1,5 @@
 import csv
+import errno
 import io
 import json
 import os
@@ -17,11 +18,13 @@ from media import upright_marker_frame, write_rotated_video
 from torch import nn
 from torchmetrics.classification import MulticlassF1Score
 
+import spectral.inference
 import spectral.training
 from spectral.data import CachedShardDataModule
 from spectral.decode import DecodeConfig, run_decode
 from spectral.embed import EmbedConfig, run_embed
 from spectral.evaluation import bootstrap_intervals, classification_metrics, evaluate
+from spectral.events import MachineFailure
 from spectral.features.sensors import SENSOR_FEATURES
 from spectral.features.table import run_sensors
 from spectral.frames import load_frames
@@ -131,6 +134,26 @@ def test_predict_refuses_a_backend_that_cannot_be_imported_before_any_event(trai
     monkeypatch.setitem(sys.modules, "decord", None)
     with pytest.raises(RuntimeError, match="decord cannot be imported"):
         Predictor.for_model(model, {**config, "video": {**config["video"], "backend": "decord"}})
+
+
+def test_predict_retries_an_io_error_and_never_answers_sensors_missing_for_it(trained, tiny_events, monkeypatch):
+    real, calls = spectral.inference.sensor_features, []
+
+    def failing(path, times):
+        calls.append(path)
+        if calls.count(path) <= times:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(path)
+
+    predictor = Predictor(trained[0] / "model.pt")
+    folder = tiny_events / "event_00000"
+    (expected,) = predictor.predict([folder])
+    monkeypatch.setattr(spectral.inference, "sensor_features", lambda path: failing(path, 1))
+    assert list(predictor.predict([folder])) == [expected]  # retried once: the same answer
+    calls.clear()
+    monkeypatch.setattr(spectral.inference, "sensor_features", lambda path: failing(path, 2))
+    with pytest.raises(MachineFailure, match="predict: event_00000 failed twice with OSError"):
+        list(predictor.predict([folder]))
 
 
 def test_predict_on_raw_events_agrees_with_evaluate(trained, tiny_events, embedded, sensor_table, tmp_path):

@@ -12,7 +12,6 @@ the sensor branch for it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from spectral.events import (
     StrictModeError,
     attempt_twice,
     check_file,
+    check_link_policy,
     check_losses,
     check_missing_policy,
     describe_error,
@@ -37,8 +37,9 @@ from spectral.events import (
     load_event,
 )
 from spectral.features.sensors import SENSOR_FEATURES, missing_features, sensor_features
-from spectral.incremental import clean_run_requested, digest, file_sha256, module_code_digest
+from spectral.incremental import digest, file_key, file_sha256, module_code_digest
 from spectral.io.errors import is_invalid_table
+from spectral.reuse import load_index, publish_index
 from spectral.splits import assign_split
 
 SCHEMA = pa.schema(
@@ -71,13 +72,16 @@ def _previous_features(out_path: Path, report_path: Path) -> dict[str, tuple[str
     """The last run's feature rows by event, with the key each was computed from.
 
     Only trusted when the table on disk is the one the report describes (a run killed between
-    writing the two leaves them unmatched, and then everything is recomputed)."""
-    if clean_run_requested() or not out_path.is_file() or not report_path.is_file():
+    writing the two, or a damaged table, leaves them unmatched, and then everything is recomputed)."""
+    report = load_index(report_path, "sensors")
+    if report is None or not out_path.is_file():
         return {}
     try:
-        index = json.loads(report_path.read_text(encoding="utf-8"))["index"]
+        index = report["index"]
+        if index["table_sha256"] != file_sha256(out_path):
+            return {}
         table = pq.read_table(out_path)
-        if index["table_sha256"] != file_sha256(out_path) or not table.schema.equals(SCHEMA):
+        if not table.schema.equals(SCHEMA):
             return {}  # another table, or one with other feature columns (the code changed: keys differ anyway)
         features = [*SENSOR_FEATURES, "missing_features", "sensors_missing"]
         return {row["event"]: (index["keys"][row["event"]], {k: row[k] for k in features})
@@ -87,11 +91,15 @@ def _previous_features(out_path: Path, report_path: Path) -> dict[str, tuple[str
 
 
 def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], strict: bool = False,
-                max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION, missing_modality: str = "reject") -> dict:
+                max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION, missing_modality: str = "reject",
+                links_outside_events: str = "refuse") -> dict:
     """Write the feature table to out_path and `<out_path stem>_report.json` beside it; returns the report.
 
-    Fails after writing both when more than `max_rejected_fraction` of the events are rejected."""
+    Fails after writing both when more than `max_rejected_fraction` of the events are rejected, or lack
+    their sensors. Links resolving outside the events folder are refused unless `links_outside_events`
+    is follow (spectral.events.check_link)."""
     keep_missing = check_missing_policy(missing_modality) == "keep"
+    links_inside = check_link_policy(links_outside_events) == "refuse"
     folders = find_event_folders(events_dir)
     out_path = Path(out_path)
     report_path = out_path.with_name(out_path.stem + "_report.json")
@@ -107,9 +115,10 @@ def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], stri
         for folder in tqdm(folders, desc="sensors", unit="event"):
             def read_event(folder: Path = folder) -> tuple:
                 # keep: the other modalities' files are decode's business, this stage needs only the label
-                event = load_event(folder, files=() if keep_missing else REQUIRED_FILES[1:])
+                event = load_event(folder, files=() if keep_missing else REQUIRED_FILES[1:], links_inside=links_inside)
                 try:
-                    key = digest(salt, file_sha256(check_file(folder, SENSORS_FILE)))
+                    key = digest(salt, file_key(folder / SENSORS_FILE, links_inside))
+                    check_file(folder, SENSORS_FILE, links_inside)
                     if previous.get(event.name, ("",))[0] == key:
                         return event, key, previous[event.name][1], True
                     return event, key, _features(folder, event.name), False
@@ -163,7 +172,7 @@ def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], stri
         # the reuse index: which sensors.csv content (and code) each row's features came from
         "index": {"table_sha256": file_sha256(out_path), "keys": keys},
     }
-    report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    publish_index(report_path, report)
     check_losses("sensors", len(rejected), {"sensors": len(incomplete)}, len(folders), max_rejected_fraction,
                  report_path)
     return {**report, "reused": reused}

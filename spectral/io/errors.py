@@ -27,9 +27,8 @@ def is_invalid_media(err: BaseException) -> bool:
         return True
     if isinstance(err, sf.LibsndfileError):
         return err.code != _SF_SYSTEM_ERROR
-    if type(err).__name__ == "DECORDError":  # decord's only error type: raised for files it cannot demux
-        return True
-    return False
+    # decord has one error type for everything; only its FFmpeg invalid-data message is the file's own
+    return type(err).__name__ == "DECORDError" and "Invalid data found" in str(err)
 
 
 def is_invalid_table(err: BaseException) -> bool:
