@@ -220,6 +220,7 @@ def repair_then_compare(project: Project, reference: dict[str, str], first: subp
 # ---- damaged outputs: the follow-up is `dvc repro` -------------------------------------------------------------
 
 def truncate_at_member_boundary(path: Path) -> None:
+    """Cut a tar after its first sample: what an interrupted copy or a full disk leaves (still a valid tar)."""
     with tarfile.open(path) as tar:
         members = tar.getmembers()
     first = members[0].name.partition(".")[0]
@@ -229,10 +230,14 @@ def truncate_at_member_boundary(path: Path) -> None:
 
 
 def flip_byte(path: Path) -> None:
+    """In place: same size, same inode, one byte changed, mtime set back. Only the ctime (which no program can
+    set back) tells a reader that the content changed."""
     info = os.stat(path)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+    with open(path, "r+b") as handle:
+        handle.seek(info.st_size // 2)
+        byte = handle.read(1)
+        handle.seek(info.st_size // 2)
+        handle.write(bytes([byte[0] ^ 0xFF]))
     os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
 
 

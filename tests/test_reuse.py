@@ -3,14 +3,16 @@ read what the manifest lists and nothing else."""
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tarfile
+from pathlib import Path
 
 import pytest
 from media import make_event
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from faults import flip_byte, truncate_at_member_boundary  # noqa: E402 - the bench's fault injectors, one copy
 
 import spectral.reuse
 from spectral.data import CachedShardDataModule
@@ -45,29 +47,6 @@ def clean(archive, tmp_path_factory):
     return out
 
 
-def truncate_at_member_boundary(shard):
-    """Cut a tar after its first sample: what an interrupted copy or a full disk leaves (still a valid tar)."""
-    with tarfile.open(shard) as tar:
-        members = tar.getmembers()
-    first_key = members[0].name.partition(".")[0]
-    cut = next(m.offset for m in members if not m.name.startswith(first_key + "."))
-    with open(shard, "r+b") as handle:
-        handle.truncate(cut)
-
-
-def flip_one_byte(path):
-    """In place: same size, same inode, one byte changed, mtime set back. Only the ctime (which no program can set
-    back) tells the verifier to read the content again."""
-    info = os.stat(path)
-    with open(path, "r+b") as handle:
-        handle.seek(info.st_size // 2)
-        byte = handle.read(1)
-        handle.seek(info.st_size // 2)
-        handle.write(bytes([byte[0] ^ 0xFF]))
-    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
-    assert os.stat(path).st_ino == info.st_ino and os.stat(path).st_size == info.st_size
-
-
 def largest_shard(directory):
     return max((p for p in directory.glob("*.tar")), key=lambda p: (p.stat().st_size, p.name))
 
@@ -84,7 +63,7 @@ def test_the_verifier_reads_a_file_again_only_when_its_stat_changed(tmp_path, mo
     reads = []
     monkeypatch.setattr(spectral.reuse, "file_record", lambda p: reads.append(p) or file_record(p))
     assert stamped.problem("a.tar", record) is None and reads == []  # untouched: one stat, no read
-    flip_one_byte(path)  # the stamp's ctime differs: the content is read and found to differ
+    flip_byte(path)  # the stamp's ctime differs: the content is read and found to differ
     assert "content differs" in stamped.problem("a.tar", record)
     path.write_bytes(b"x" * 99)
     assert "99 bytes, the index says 100" in stamped.problem("a.tar", record)
@@ -93,7 +72,7 @@ def test_the_verifier_reads_a_file_again_only_when_its_stat_changed(tmp_path, mo
     assert "missing" in stamped.problem("a.tar", record)
 
 
-@pytest.mark.parametrize("damage", [truncate_at_member_boundary, flip_one_byte])
+@pytest.mark.parametrize("damage", [truncate_at_member_boundary, flip_byte])
 def test_a_damaged_decode_shard_is_rewritten_and_counted(archive, clean, tmp_path, damage):
     out = tmp_path / "decoded"
     shutil.copytree(clean / "decoded", out)
@@ -108,7 +87,7 @@ def test_a_damaged_decode_shard_is_rewritten_and_counted(archive, clean, tmp_pat
     assert again["reuse"]["recomputed"] == {} and again["reuse"]["events_decoded"] == 0
 
 
-@pytest.mark.parametrize("damage", [truncate_at_member_boundary, flip_one_byte])
+@pytest.mark.parametrize("damage", [truncate_at_member_boundary, flip_byte])
 def test_a_damaged_embedding_shard_is_recomputed_and_counted(clean, tmp_path, damage):
     out = tmp_path / "embedded"
     shutil.copytree(clean / "embedded", out)
@@ -184,7 +163,7 @@ def test_verify_reads_every_listed_shard_and_names_the_damaged_ones(clean, tmp_p
     assert ok.returncode == 0, ok.stderr
     assert f"{embedded}: {len(list(embedded.glob('*.tar')))} of {len(list(embedded.glob('*.tar')))}" in ok.stdout
     damaged = largest_shard(embedded)
-    flip_one_byte(damaged)
+    flip_byte(damaged)
     failed = subprocess.run(command, capture_output=True, text=True)
     assert failed.returncode == 2
     assert f"{damaged.name}: content differs from the index's sha256" in failed.stdout
