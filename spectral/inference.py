@@ -6,7 +6,9 @@ feature schema, and the whole model (frozen backbone included, built as the embe
 runs on batches of events; every feature is per event, so the batch never changes a result. Labels
 are ignored. A modality whose file is missing, empty or undecodable is absent, not an error: the
 model classifies from the others and the result says which were missing and why. An event with no
-readable modality, or a malformed folder, yields an error object, never a crash of the batch.
+readable modality, or a malformed folder, yields an error object, never a crash of the batch; a failure
+of the machine (an I/O error, a decoder that cannot be imported) is not an answer about the event: it is
+retried once and then raised (spectral.events.attempt_twice).
 """
 
 from __future__ import annotations
