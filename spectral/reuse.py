@@ -18,22 +18,20 @@ Files are written through `spectral.shards.AtomicTarWriter` (temp name, renamed 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spectral.incremental import clean_run_requested
+from spectral.incremental import clean_run_requested, file_sha256
 
 STAMPS = ".spectral-verified.json"
 
 
 def file_record(path: Path) -> dict:
     """{"size", "sha256"} of a file this stage just wrote: what its index lists."""
-    with open(path, "rb") as handle:
-        return {"size": os.fstat(handle.fileno()).st_size, "sha256": hashlib.file_digest(handle, "sha256").hexdigest()}
+    return {"size": os.stat(path).st_size, "sha256": file_sha256(path)}
 
 
 def output_files(directory: Path) -> list[Path]:
@@ -120,7 +118,9 @@ class Verifier:
         return None
 
     def reusable(self, file: str, record: dict) -> bool:
-        """problem() is None; a failing file is counted in `recomputed`."""
+        """problem() is None; a failing file is counted in `recomputed` and not read again this run."""
+        if file in self.recomputed:
+            return False
         reason = self.problem(file, record)
         if reason is not None:
             self.recomputed[file] = reason

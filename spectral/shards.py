@@ -84,8 +84,7 @@ def shard_split(file: str) -> str | None:
 
 def shard_paths(directory: Path, prefix: str) -> list[Path]:
     """Completed shards of one split, sorted by file name (names are content-defined, see spectral.incremental)."""
-    return sorted(p for p in Path(directory).glob(f"{prefix}-*.tar")
-                  if (match := _SHARD_NAME.fullmatch(p.name)) and match["split"] == prefix)
+    return sorted(p for p in Path(directory).glob(f"{prefix}-*.tar") if shard_split(p.name) == prefix)
 
 
 def remove_stale_shards(directory: Path, keep: set[str], legacy: set[str] = frozenset()) -> list[str]:

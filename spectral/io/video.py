@@ -192,10 +192,8 @@ def load_video(path: str, num_frames: int, size: int, backend: str = "pyav",
                interpolation: str = "bicubic") -> tuple[np.ndarray, VideoInfo]:
     """[num_frames, size, size, 3] uint8 frames sampled uniformly from a video file, squashed to a square
     (no aspect crop, as in the spec) with antialiased resampling."""
-    try:
-        reader = BACKENDS[backend]
-    except KeyError:
-        raise ValueError(f"unknown video backend {backend!r}; choose one of {sorted(BACKENDS)}") from None
+    check_backend(backend)
+    reader = BACKENDS[backend]
     if interpolation not in _PIL_FILTERS:
         raise ValueError(f"unknown interpolation {interpolation!r}; choose one of {sorted(_PIL_FILTERS)}")
     return reader(str(path), num_frames, size, interpolation)
