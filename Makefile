@@ -19,8 +19,9 @@ demo: setup
 	spectral report metrics/evaluate.json
 	@echo "More: 'dvc metrics show', 'dvc plots show' (writes dvc_plots/index.html), PNGs in plots/, model in models/model.pt"
 
+# Two workers, one test file each at a time (a file's module fixtures stay in one process).
 test: setup
-	pytest -q
+	pytest -q -n 2 --dist loadfile
 
 lint: setup
 	ruff check spectral pipeline tests bench

@@ -9,6 +9,8 @@ and marked so), cached training time per epoch. At --incremental-n: add 1 % time
 re-run decode + sensors + embed, and `dvc push` to a local remote (bytes it adds, against the new
 events' own bytes); then the same with randomly named events. Baselines in the same run: the full
 run's time (ratio), PyAV single-thread decode of the same clips (the FFmpeg limit), raw npy bytes.
+Before the new events, an `unchanged` re-run (no new events, outputs relinked by `dvc add`) measures
+what verifying the reused outputs alone costs each night.
 
     python bench/scale.py                         # 250 / 500 / 1000 / 2000 events, 150 frames (hours on 2 cores)
     python bench/scale.py --sizes 40 80 --frames 16 --incremental-n 80     # minutes
@@ -46,7 +48,8 @@ if __name__ == "__main__":  # imports per stage: each process pays only its own 
         print(json.dumps(run_decode(src, dst, DecodeConfig(splits={splits!r}, **options))["reuse"]))
     elif stage == "sensors":
         from spectral.features.table import run_sensors
-        print(json.dumps({{"reused": run_sensors(src, dst, {splits!r}, links_outside_events="follow")["reused"]}}))
+        report = run_sensors(src, dst, {splits!r}, links_outside_events="follow")
+        print(json.dumps({{"reused": report["reused"], "recomputed": report["recomputed"]}}))
     else:
         from spectral.embed import EmbedConfig, run_embed
         print(json.dumps(run_embed(src, dst, EmbedConfig(**options))["throughput"]["reuse"]))
@@ -233,6 +236,7 @@ def main() -> None:
         outputs = ["data/decoded", "data/sensors.parquet"] + (["data/embeddings"] if embed else [])
         shell("git", "init", "-q", cwd=repo)
         shell("dvc", "init", "-q", cwd=repo)
+        shutil.copy(REPO / ".dvcignore", repo / ".dvcignore")  # the stages' machine-local stamps stay out, as here
         shell("dvc", "remote", "add", "-d", "local", str(repo / "remote"), cwd=repo)
         full_push = dvc_push_bytes(repo, outputs)
         full = next(r for r in rows if r["events"] == n)
@@ -245,12 +249,12 @@ def main() -> None:
         rng = random.Random(0)
         randomly = [f"event_{rng.randrange(n):05d}_{rng.getrandbits(24):06x}" for _ in range(extra)]  # among the old
         spare = names[max(sizes):]
-        for label, new_names, sources in (("time_stamped", stamped, spare[:extra]),
+        for label, new_names, sources in (("unchanged", [], []), ("time_stamped", stamped, spare[:extra]),
                                           ("random_names", randomly, spare[extra: 2 * extra])):
             for name, source in zip(new_names, sources, strict=True):
                 (events / name).symlink_to(pool / source, target_is_directory=True)
             before = {p.name: p.stat().st_mtime_ns for p in (repo / "data" / "decoded").glob("*.tar")}
-            case = {"new_events": extra, "new_event_bytes": sum(dir_bytes(pool / s) for s in sources)}
+            case = {"new_events": len(new_names), "new_event_bytes": sum(dir_bytes(pool / s) for s in sources)}
             case["decode"] = run_stage("decode", events, repo / "data" / "decoded", decode_opts, script)
             case["sensors"] = run_stage("sensors", events, repo / "data" / "sensors.parquet", {}, script)
             if embed:

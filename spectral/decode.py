@@ -68,7 +68,7 @@ from spectral.io.errors import is_invalid_media
 from spectral.io.video import VideoInfo, check_backend, load_video
 from spectral.keys import sample_key
 from spectral.lifecycle import die_with_parent
-from spectral.reuse import Verifier, load_index, publish_index
+from spectral.reuse import StageOutputs
 from spectral.splits import SPLITS, assign_split
 
 REPORT = "report.json"
@@ -263,10 +263,9 @@ class _Shard:
                    entry["warnings"], entry["sha256"], entry["size"])
 
 
-def _previous_shards(out_dir: Path) -> tuple[dict[str, _Shard], set[str]]:
+def _previous_shards(report: dict | None) -> tuple[dict[str, _Shard], set[str]]:
     """The last run's index by file name, and the shard files a report of the count-cut layout before
     content-defined shards lists (this stage wrote them). Files are verified before use (spectral.reuse)."""
-    report = load_index(out_dir / REPORT, "decode")
     if report is None:
         return {}, set()
     try:
@@ -278,11 +277,9 @@ def _previous_shards(out_dir: Path) -> tuple[dict[str, _Shard], set[str]]:
     return {s.file: s for s in shards}, set()
 
 
-def _write_index(out_dir: Path, shards: list[_Shard], complete: bool, extra: dict | None = None) -> None:
-    """report.json. Before a run touches any file it records only the shards it keeps, so a run killed
-    half-way never leaves an index describing a file it since rewrote."""
-    index = {split: [s.entry() for s in shards if s.split == split] for split in SPLITS}
-    publish_index(out_dir / REPORT, {"stage": "decode", "complete": complete, **(extra or {}), "index": index})
+def _index(shards: list[_Shard]) -> dict:
+    """report.json's reuse index: each split's shards in plan order."""
+    return {"index": {split: [s.entry() for s in shards if s.split == split] for split in SPLITS}}
 
 
 class _OldSamples:
@@ -352,7 +349,7 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
     the plan and rank 0 writes the report once every rank has reported its shards."""
     # Imported here, not at module level: webdataset pulls in torch (1 s), and every spawned
     # decode worker imports this module; workers only decode, the writer lives in this process.
-    from spectral.shards import AtomicTarWriter, remove_stale_shards
+    from spectral.shards import AtomicTarWriter
 
     started = time.perf_counter()
     check_format(cfg.frame_format, cfg.jpeg_quality)
@@ -360,10 +357,10 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
     # one listing, rank 0's: events arriving mid-run (a growing archive) must not give ranks different plans
     folders = ranks.broadcast(find_event_folders(events_dir) if ranks.is_main else None)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = StageOutputs("decode", out_dir, REPORT, ranks)
+    verifier = outputs.verifier
     plan, mine = _plan(folders, cfg, ranks)
-    previous, legacy = _previous_shards(out_dir)
-    verifier = Verifier.open(out_dir)
+    previous, legacy = _previous_shards(outputs.previous)
 
     def reusable(file: str) -> bool:
         old_shard = previous[file]
@@ -372,9 +369,7 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
     kept = {s.file for s in mine if s.file in previous and previous[s.file].key == s.key and reusable(s.file)}
     mine = [previous[s.file] if s.file in kept else s for s in mine]
     every_kept = {s.file: s for kept_by_rank in ranks.gather([s for s in mine if s.file in kept]) for s in kept_by_rank}
-    if ranks.is_main:  # every rank has read the previous index by now (the gather waits for all)
-        _write_index(out_dir, [every_kept[s.file] for s in plan if s.file in every_kept], complete=False)
-    ranks.barrier()  # no rank replaces a file before the index stops describing it
+    outputs.publish_kept(_index([every_kept[s.file] for s in plan if s.file in every_kept]))
     old = _OldSamples(out_dir, previous)
     by_name = {folder.name: folder for folder in folders}
     if cfg.strict and (reasons := [r for s in mine if s.file in kept for r in s.rejected.values()]):
@@ -420,11 +415,9 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
         progress.close()
         old.close()
     decoded = len(to_decode)
-    reports = ranks.gather((mine, decoded, sum(len(s.event_keys) for s in to_write) - decoded, verifier))
+    reports = ranks.gather((mine, decoded, sum(len(s.event_keys) for s in to_write) - decoded))
     made = {s.file: s for rank_shards, *_ in reports for s in rank_shards}
     shards = [made[s.file] for s in plan]
-    removed = remove_stale_shards(out_dir, keep={s.file for s in shards if s.sha256}, legacy=legacy) \
-        if ranks.is_main else []
     accepted = sorted(name for s in shards for name in s.accepted)
     rejected = sorted(({"event": name, "reason": reason} for s in shards for name, reason in s.rejected.items()),
                       key=lambda r: r["event"])
@@ -448,13 +441,8 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
         "incomplete": {name: kept for s in shards for name, w in s.warnings.items()
                        if (kept := [m for m in ("video", "audio") if any(x.startswith(m + KEPT_MISSING) for x in w)])},
     }
-    recomputed = {file: why for *_, rank_verifier in reports for file, why in rank_verifier.recomputed.items()}
     # Timing and reuse counts stay out of report.json: the outputs must be byte-identical to a clean run.
-    if ranks.is_main:
-        _write_index(out_dir, shards, complete=True, extra=report)
-        verifier.save({s.file for s in shards if s.sha256},
-                      {f: stamp for *_, other in reports for f, stamp in other.fresh.items()})
-    ranks.barrier()  # a failing check below must not end the ranks before rank 0 has written the report
+    removed, recomputed = outputs.finish({**report, **_index(shards)}, {s.file for s in shards if s.sha256}, legacy)
     kept_without = {modality: sum(modality in lacking for lacking in report["incomplete"].values())
                     for modality in ("video", "audio")}
     check_losses("decode", len(rejected), kept_without, len(folders), cfg.max_rejected_fraction, out_dir / REPORT)

@@ -37,8 +37,8 @@ from spectral.distributed import SINGLE_PROCESS, Ranks, assign_by_size
 from spectral.frames import is_frame_member, load_frames
 from spectral.incremental import digest, module_code_digest
 from spectral.models.backbone import BackboneInfo, FrameEncoder, create_backbone
-from spectral.reuse import Verifier, load_index, publish_index, read_complete_index
-from spectral.shards import AtomicTarWriter, remove_stale_shards
+from spectral.reuse import StageOutputs, Verifier, read_complete_index
+from spectral.shards import AtomicTarWriter
 from spectral.splits import SPLITS
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
     decoded_dir, out_dir = Path(decoded_dir), Path(out_dir)
     report = read_complete_index(decoded_dir / "report.json")
     decoded = Verifier.open(decoded_dir)  # decode's own stamps: read-only here
-    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = StageOutputs("embed", out_dir, MANIFEST, ranks)
     encoder, info, device = build_encoder(cfg, ranks.local_rank)
     recipe = {
         "backbone": info.to_dict(),
@@ -226,15 +226,12 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
     inputs = [(split, entry) for split in SPLITS for entry in report["index"][split] if entry["sha256"]]
     keys = {entry["file"]: digest(salt, entry["sha256"]) for _, entry in inputs}
     event_counts = {entry["file"]: len(entry["accepted"]) for _, entry in inputs}
-    previous, legacy = _previous_index(out_dir), _legacy_shards(out_dir)
-    verifier = Verifier.open(out_dir)
+    previous, legacy = _previous_index(outputs.previous), _legacy_shards(out_dir)
+    verifier = outputs.verifier
     # rank 0 verifies (one read of each shard, not one per rank); the others wait for its answer
     kept = ranks.broadcast({file for file, key in keys.items() if previous.get(file, {}).get("key") == key
                             and verifier.reusable(file, previous[file])} if ranks.is_main else None)
-    ranks.barrier()  # every rank has read the previous index before it is rewritten
-    if ranks.is_main:
-        _write_manifest(out_dir, {"index": {file: previous[file] for file in sorted(kept)}}, complete=False)
-    ranks.barrier()  # and no rank replaces a file before the index stops describing it
+    outputs.publish_kept({"index": {file: previous[file] for file in sorted(kept)}})
     todo = [entry for _, entry in inputs if entry["file"] not in kept]
     owners = assign_by_size([len(entry["accepted"]) for entry in todo], ranks.world_size)
     to_embed = [entry for entry, owner in zip(todo, owners, strict=True) if owner == ranks.rank]
@@ -288,17 +285,11 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
     index = {file: previous[file] for file in kept}
     for rank_index, _, _ in reports:
         index.update(rank_index)
-    removed = remove_stale_shards(out_dir, keep=set(keys), legacy=legacy) if ranks.is_main else []
-    verifiers = ranks.gather(verifier)
-    recomputed = {file: why for other in verifiers for file, why in other.recomputed.items()}
-    elapsed = time.perf_counter() - started
     per_split = {split: sum(event_counts[e["file"]] for s, e in inputs if s == split) for split in SPLITS}
-    manifest = {"stage": "embed", **recipe, "per_split": per_split, "index": {file: index[file] for file in keys}}
-    stamps = {file: stamp for other in verifiers for file, stamp in other.fresh.items()}
-    if ranks.is_main:
-        _write_manifest(out_dir, manifest, complete=True)
-        verifier.save(set(keys), stamps)
-    ranks.barrier()  # the stage ends when the manifest is written, on every rank
+    manifest = {**recipe, "per_split": per_split, "index": {file: index[file] for file in keys}}
+    removed, recomputed = outputs.finish(manifest, set(keys), legacy)
+    elapsed = time.perf_counter() - started
+    manifest = {"stage": "embed", "complete": True, **manifest}
     frames_all = sum(frames for _, frames, _ in reports)
     model_rates = [frames / busy for _, frames, busy in reports if busy]
     throughput = {
@@ -317,9 +308,8 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
     return {**manifest, "throughput": throughput}
 
 
-def _previous_index(out_dir: Path) -> dict[str, dict]:
+def _previous_index(manifest: dict | None) -> dict[str, dict]:
     """The last run's index (file → {key, events, size, sha256}); each file is verified before reuse."""
-    manifest = load_index(out_dir / MANIFEST, "embed")
     index = manifest.get("index") if manifest else None
     return {file: entry for file, entry in index.items() if isinstance(entry, dict) and "key" in entry} \
         if isinstance(index, dict) else {}
@@ -335,8 +325,3 @@ def _legacy_shards(out_dir: Path) -> set[str]:
     if manifest.get("stage") != "embed" or "index" in manifest:
         return set()
     return {p.name for p in out_dir.glob("*.tar") if re.fullmatch(r"(?:train|val|test)-[0-9]{6}\.tar", p.name)}
-
-
-def _write_manifest(out_dir: Path, manifest: dict, complete: bool) -> None:
-    """manifest.json; see spectral.decode._write_index for why a partial one comes first."""
-    publish_index(out_dir / MANIFEST, {"stage": "embed", **manifest, "complete": complete})

@@ -42,9 +42,10 @@ def _confusion(preds: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def _per_class(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision, recall and F1 per class; 0 where undefined (no predictions or no events of the class)."""
-    tp = np.diag(confusion).astype(np.float64)
-    predicted, actual = confusion.sum(axis=0), confusion.sum(axis=1)
+    """Precision, recall and F1 per class; 0 where undefined (no predictions or no events of the class).
+    `confusion` may be a stack [..., k, k]: the last axis is the class."""
+    tp = np.diagonal(confusion, axis1=-2, axis2=-1).astype(np.float64)
+    predicted, actual = confusion.sum(axis=-2), confusion.sum(axis=-1)
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
     recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
     total = precision + recall
@@ -76,7 +77,10 @@ def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float]:
 
 
 def macro_f1_draws(preds: np.ndarray, labels: np.ndarray, k: int, draws: np.ndarray) -> np.ndarray:
-    return np.array([_per_class(_confusion(preds[d], labels[d], k))[2].mean() for d in draws])
+    """Macro-F1 of each resample: one confusion matrix per row of `draws`, counted in one bincount."""
+    cells = labels[draws] * k + preds[draws] + (k * k) * np.arange(len(draws))[:, None]
+    confusions = np.bincount(cells.ravel(), minlength=len(draws) * k * k).reshape(len(draws), k, k)
+    return _per_class(confusions)[2].mean(axis=-1)
 
 
 def bootstrap_intervals(preds: np.ndarray, labels: np.ndarray, k: int, resamples: int = BOOTSTRAP_RESAMPLES,

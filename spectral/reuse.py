@@ -12,21 +12,28 @@ file the stage made with its size and sha256. Nothing is reused on the index's w
 
 The stat stamps are machine-local (`.spectral-verified.json` in the output folder, listed in
 `.dvcignore`): they must not change the outputs' bytes. `spectral verify` re-reads everything.
-Files are written through `spectral.shards.AtomicTarWriter` (temp name, renamed when its
-`with` block ends cleanly, removed on any error) and the index is replaced atomically.
+
+`StageOutputs` is one run over an output folder, on every torchrun rank: keep what verifies,
+publish an index of the kept files only (a run killed later never leaves an index describing a
+file it since rewrote), write the rest through `spectral.shards.AtomicTarWriter` (temp name,
+renamed when its `with` block ends cleanly, removed on any error), then delete the stage's own
+stale files and publish the complete index, atomically.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spectral.distributed import SINGLE_PROCESS, Ranks
 from spectral.incremental import clean_run_requested, file_sha256
 
 STAMPS = ".spectral-verified.json"
+_OWNED = re.compile(r"(?:train|val|test)-[0-9a-f]{16}\.tar(?:\.tmp)?")  # what the stages write, and its temp
 
 
 def file_record(path: Path) -> dict:
@@ -154,3 +161,53 @@ def verify_all(directory: Path, records: dict[str, dict]) -> dict[str, str]:
     verifier.save(set(records) - set(problems))
     return problems
 
+
+
+def remove_stale_shards(directory: Path, keep: set[str], legacy: set[str] = frozenset()) -> list[str]:
+    """Delete shard files the stages wrote (or left half-written) that are not in `keep`.
+
+    Only the stages' own names (`{split}-{16 hex}.tar`, and `.tmp`) are touched, plus `legacy`:
+    the files an old-layout report listed. A run killed after publishing a shard has not recorded
+    it yet, so the name, not the index, decides; a user's `notes.tar` or `train-000000.tar` in the
+    output folder survives. Returns the names removed.
+    """
+    removed = []
+    for path in sorted(Path(directory).iterdir()) if Path(directory).is_dir() else []:
+        owned = _OWNED.fullmatch(path.name) or path.name in legacy
+        if path.is_file() and owned and path.name not in keep:
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
+class StageOutputs:
+    """One run of an incremental stage over its output folder, the same on every rank: the previous
+    index, the verifier of its files, the kept-only index, then the complete one."""
+
+    def __init__(self, stage: str, directory: Path, index_name: str, ranks: Ranks = SINGLE_PROCESS) -> None:
+        self.stage, self.directory, self.ranks = stage, Path(directory), ranks
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.index_path = self.directory / index_name
+        self.previous = load_index(self.index_path, stage)  # None: start clean
+        self.verifier = Verifier.open(self.directory)
+
+    def publish_kept(self, body: dict) -> None:
+        """Rank 0 replaces the index by `body` (the kept files only, `complete: false`) once every rank has
+        read the previous one; no rank returns, and so replaces a file, before it is published."""
+        self.ranks.barrier()
+        if self.ranks.is_main:
+            publish_index(self.index_path, {"stage": self.stage, "complete": False, **body})
+        self.ranks.barrier()
+
+    def finish(self, body: dict, listed: set[str], legacy: set[str] = frozenset()) -> tuple[list[str], dict[str, str]]:
+        """Rank 0 deletes the stage's own files that `listed` (the new index's files) does not name, publishes
+        `body` as the complete index and saves every rank's stamps; all ranks return together.
+        Returns (the files removed, on rank 0; file → why it was recomputed, over all ranks)."""
+        verified = self.ranks.gather((self.verifier.recomputed, self.verifier.fresh))
+        removed = []
+        if self.ranks.is_main:
+            removed = remove_stale_shards(self.directory, keep=listed, legacy=legacy)
+            publish_index(self.index_path, {"stage": self.stage, "complete": True, **body})
+            self.verifier.save(listed, {file: stamp for _, fresh in verified for file, stamp in fresh.items()})
+        self.ranks.barrier()  # a failing check after this must not end the ranks before the index is written
+        return removed, {file: why for recomputed, _ in verified for file, why in recomputed.items()}

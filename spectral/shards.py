@@ -3,8 +3,8 @@
 Byte-identical shards are what let DVC's cache hit across machines: members carry a fixed
 mtime, owner and mode, samples arrive in sorted key order, and webdataset's own TarWriter
 does the tar work. A shard is written under a temporary name and renamed when complete,
-so an interrupted stage never leaves a tar that looks finished, and a stage deletes only
-files whose names it writes.
+so an interrupted stage never leaves a tar that looks finished (what a stage may delete:
+spectral.reuse).
 """
 
 from __future__ import annotations
@@ -73,7 +73,6 @@ class AtomicTarWriter:
 
 
 _SHARD_NAME = re.compile(r"(?P<split>train|val|test)-[0-9a-f]{16}\.tar")
-_OWNED = re.compile(r"(?:train|val|test)-[0-9a-f]{16}\.tar(?:\.tmp)?")  # what the stages write, and its temp
 
 
 def shard_split(file: str) -> str | None:
@@ -85,23 +84,6 @@ def shard_split(file: str) -> str | None:
 def shard_paths(directory: Path, prefix: str) -> list[Path]:
     """Completed shards of one split, sorted by file name (names are content-defined, see spectral.incremental)."""
     return sorted(p for p in Path(directory).glob(f"{prefix}-*.tar") if shard_split(p.name) == prefix)
-
-
-def remove_stale_shards(directory: Path, keep: set[str], legacy: set[str] = frozenset()) -> list[str]:
-    """Delete shard files the stages wrote (or left half-written) that are not in `keep`.
-
-    Only the stages' own names (`{split}-{16 hex}.tar`, and `.tmp`) are touched, plus `legacy`:
-    the files an old-layout report listed. A run killed after publishing a shard has not recorded
-    it yet, so the name, not the index, decides; a user's `notes.tar` or `train-000000.tar` in the
-    output folder survives. Returns the names removed.
-    """
-    removed = []
-    for path in sorted(Path(directory).iterdir()) if Path(directory).is_dir() else []:
-        owned = _OWNED.fullmatch(path.name) or path.name in legacy
-        if path.is_file() and owned and path.name not in keep:
-            path.unlink()
-            removed.append(path.name)
-    return removed
 
 
 def read_samples(shards: list[Path]) -> Iterator[dict]:

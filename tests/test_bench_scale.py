@@ -20,6 +20,9 @@ def test_scale_benchmark_runs_end_to_end_at_smoke_size(tmp_path):
     assert row["events"] == 20 and row["decode"]["events_decoded"] == 20 and row["decode"]["peak_rss_mib"] > 50
     assert row["baselines"]["npy_shard_bytes_per_event"] > 0
     assert row["embed"]["shards_written"] == row["decode"]["shards_written"]
+    unchanged = result["incremental"]["unchanged"]  # verification alone: nothing decoded, nothing new to push
+    assert unchanged["decode"]["events_decoded"] == 0 and unchanged["decode"]["recomputed"] == {}
+    assert unchanged["sensors"]["recomputed"] == {} and unchanged["dvc_push_bytes"] == 0
     stamped = result["incremental"]["time_stamped"]
     assert stamped["decode"]["events_decoded"] == 1 and stamped["embed"]["shards_written"] <= 3
     assert 0 < stamped["dvc_push_bytes"] < result["incremental"]["full_push_bytes"]

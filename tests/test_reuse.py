@@ -100,6 +100,18 @@ def test_a_damaged_embedding_shard_is_recomputed_and_counted(clean, tmp_path, da
     assert digests(out) == digests(clean / "embedded")
 
 
+def test_a_damaged_sensor_table_is_recomputed_and_counted(archive, tmp_path):
+    table, clean_table = tmp_path / "sensors.parquet", tmp_path / "clean" / "sensors.parquet"
+    run_sensors(archive, clean_table, SPLITS)
+    shutil.copy(clean_table, table)
+    shutil.copy(clean_table.with_name("sensors_report.json"), tmp_path / "sensors_report.json")
+    assert run_sensors(archive, table, SPLITS)["recomputed"] == {}
+    flip_byte(table)
+    report = run_sensors(archive, table, SPLITS)
+    assert report["reused"] == 0 and "content differs" in report["recomputed"]["sensors.parquet"]
+    assert table.read_bytes() == clean_table.read_bytes()
+
+
 def test_embed_refuses_a_damaged_decoded_shard_and_decode_repairs_it(archive, clean, tmp_path):
     decoded, embedded = tmp_path / "decoded", tmp_path / "embedded"
     shutil.copytree(clean / "decoded", decoded)

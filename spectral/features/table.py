@@ -68,26 +68,31 @@ def _absent(reason: str) -> dict:
     return {**dict.fromkeys(SENSOR_FEATURES), "missing_features": list(SENSOR_FEATURES), "sensors_missing": reason}
 
 
-def _previous_features(out_path: Path, report_path: Path) -> dict[str, tuple[str, dict]]:
-    """The last run's feature rows by event, with the key each was computed from.
+def _previous_features(out_path: Path, report_path: Path) -> tuple[dict[str, tuple[str, dict]], str | None]:
+    """The last run's feature rows by event, with the key each was computed from, and why none are
+    reused when a last run's index exists but cannot be trusted.
 
     Only trusted when the table on disk is the one the report describes (a run killed between
-    writing the two, or a damaged table, leaves them unmatched, and then everything is recomputed)."""
+    writing the two, or a damaged table, leaves them unmatched, and then everything is recomputed).
+    The table is read whole to be reused, so its sha256 is always checked (no stat stamps)."""
     report = load_index(report_path, "sensors")
-    if report is None or not out_path.is_file():
-        return {}
+    if report is None:
+        return {}, None
+    if not out_path.is_file():
+        return {}, "listed in the index but missing"
     try:
         index = report["index"]
         if index["table_sha256"] != file_sha256(out_path):
-            return {}
+            return {}, "content differs from the index's sha256 (damaged or replaced)"
         table = pq.read_table(out_path)
         if not table.schema.equals(SCHEMA):
-            return {}  # another table, or one with other feature columns (the code changed: keys differ anyway)
+            # another table, or one with other feature columns (the code changed: keys differ anyway)
+            return {}, "its columns are not this code's feature columns"
         features = [*SENSOR_FEATURES, "missing_features", "sensors_missing"]
         return {row["event"]: (index["keys"][row["event"]], {k: row[k] for k in features})
-                for row in table.to_pylist() if row["event"] in index["keys"]}
-    except (ValueError, KeyError, TypeError, OSError):
-        return {}
+                for row in table.to_pylist() if row["event"] in index["keys"]}, None
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        return {}, f"cannot be read against the index ({type(err).__name__}: {err})"
 
 
 def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], strict: bool = False,
@@ -104,7 +109,7 @@ def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], stri
     out_path = Path(out_path)
     report_path = out_path.with_name(out_path.stem + "_report.json")
     salt = digest("sensors", module_code_digest(__file__))
-    previous = _previous_features(out_path, report_path)
+    previous, distrusted = _previous_features(out_path, report_path)
     keys: dict[str, str] = {}
     reused = 0
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,4 +180,5 @@ def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], stri
     publish_index(report_path, report)
     check_losses("sensors", len(rejected), {"sensors": len(incomplete)}, len(folders), max_rejected_fraction,
                  report_path)
-    return {**report, "reused": reused}
+    recomputed = {out_path.name: distrusted} if distrusted else {}  # the last run's features, not reused, and why
+    return {**report, "reused": reused, "recomputed": recomputed}
