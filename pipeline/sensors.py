@@ -19,8 +19,6 @@ def main() -> None:
                          links_outside_events=params["links_outside_events"])
     print(f"sensors: {report['accepted_count']} accepted ({report['reused']} with features reused), "
           f"{report['rejected_count']} rejected of {report['inputs']}")
-    for file, why in report["recomputed"].items():
-        print(f"  recomputed every event's features: the last run's {file} {why}")
     for rejection in report["rejected"]:
         print(f"  rejected {rejection['reason']}")
 

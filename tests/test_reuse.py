@@ -100,7 +100,7 @@ def test_a_damaged_embedding_shard_is_recomputed_and_counted(clean, tmp_path, da
     assert digests(out) == digests(clean / "embedded")
 
 
-def test_a_damaged_sensor_table_is_recomputed_and_counted(archive, tmp_path):
+def test_a_damaged_sensor_table_is_recomputed_and_counted(archive, tmp_path, caplog):
     table, clean_table = tmp_path / "sensors.parquet", tmp_path / "clean" / "sensors.parquet"
     run_sensors(archive, clean_table, SPLITS)
     shutil.copy(clean_table, table)
@@ -109,6 +109,7 @@ def test_a_damaged_sensor_table_is_recomputed_and_counted(archive, tmp_path):
     flip_byte(table)
     report = run_sensors(archive, table, SPLITS)
     assert report["reused"] == 0 and "content differs" in report["recomputed"]["sensors.parquet"]
+    assert "recomputing every event's features: the last run's sensors.parquet: content differs" in caplog.text
     assert table.read_bytes() == clean_table.read_bytes()
 
 

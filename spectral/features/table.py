@@ -12,6 +12,7 @@ the sensor branch for it.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,8 @@ from spectral.incremental import digest, file_key, file_sha256, module_code_dige
 from spectral.io.errors import is_invalid_table
 from spectral.reuse import load_index, publish_index
 from spectral.splits import assign_split
+
+log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema(
     [("event", pa.string()), ("split", pa.string()), ("label", pa.int8()), ("label_name", pa.string())]
@@ -87,7 +90,7 @@ def _previous_features(out_path: Path, report_path: Path) -> tuple[dict[str, tup
         table = pq.read_table(out_path)
         if not table.schema.equals(SCHEMA):
             # another table, or one with other feature columns (the code changed: keys differ anyway)
-            return {}, "its columns are not this code's feature columns"
+            return {}, "has columns other than this code's features"
         features = [*SENSOR_FEATURES, "missing_features", "sensors_missing"]
         return {row["event"]: (index["keys"][row["event"]], {k: row[k] for k in features})
                 for row in table.to_pylist() if row["event"] in index["keys"]}, None
@@ -110,6 +113,8 @@ def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], stri
     report_path = out_path.with_name(out_path.stem + "_report.json")
     salt = digest("sensors", module_code_digest(__file__))
     previous, distrusted = _previous_features(out_path, report_path)
+    if distrusted:  # a warning, so the stage and `spectral sensors` both show it
+        log.warning("recomputing every event's features: the last run's %s: %s", out_path.name, distrusted)
     keys: dict[str, str] = {}
     reused = 0
     out_path.parent.mkdir(parents=True, exist_ok=True)
