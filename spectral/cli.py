@@ -68,7 +68,7 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     from spectral.embed import EmbedConfig, run_embed
 
     cfg = EmbedConfig(backbone=args.backbone, weights=args.weights, device=args.device, precision=args.precision,
-                      batch_frames=args.batch_frames, cpu_threads=args.cpu_threads)
+                      batch_frames=args.batch_frames, cpu_threads=args.cpu_threads, reuse=args.reuse)
     with stage_ranks() as ranks:
         result = run_embed(args.decoded_dir, args.out_dir, cfg, ranks)
     if ranks.is_main:
@@ -191,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--batch-frames", type=int, default=64)
     p.add_argument("--cpu-threads", type=int, default=2,
-                   help="intra-op threads per process on CPU (they are part of the CPU embedding bytes)")
+                   help="intra-op threads per process on CPU (they change the CPU embedding bytes by ~1e-5)")
+    p.add_argument("--reuse", default="recipe", choices=("recipe", "same_device"),
+                   help="reuse shards made with the same recipe on any machine, or only on this device")
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("train", help="train the fusion model on cached shards")

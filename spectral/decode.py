@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import multiprocessing
 import tarfile
 import time
@@ -59,7 +60,6 @@ from spectral.frames import check_format, encode_frames
 from spectral.incremental import (
     digest,
     file_key,
-    module_code_digest,
     plan_shards,
     shard_file_name,
 )
@@ -68,10 +68,14 @@ from spectral.io.errors import is_invalid_media
 from spectral.io.video import VideoInfo, check_backend, load_video
 from spectral.keys import sample_key
 from spectral.lifecycle import die_with_parent
-from spectral.reuse import StageOutputs
+from spectral.reuse import StageOutputs, key_changes, key_parts, key_salt
 from spectral.splits import SPLITS, assign_split
 
 REPORT = "report.json"
+# what shapes the shards' bytes besides our code: demuxing/decoding and scaling (FFmpeg in PyAV), JPEG (Pillow),
+# audio reading and resampling (libsndfile, libsoxr), arrays and the tar writer
+LIBRARIES = ("av", "numpy", "pillow", "soundfile", "soxr", "webdataset")
+log = logging.getLogger(__name__)
 KEPT_MISSING = ": missing, kept with the modality masked"  # warning of an event kept without that modality
 DECODED_FILES = (VIDEO_FILE, AUDIO_FILE)
 
@@ -316,10 +320,13 @@ class _OldSamples:
             tar.close()
 
 
-def _plan(folders: list[Path], cfg: DecodeConfig, ranks: Ranks) -> tuple[list[_Shard], list[_Shard]]:
+def _key_parts(cfg: DecodeConfig) -> dict:
+    return key_parts(__file__, cfg.sample_config(), LIBRARIES + (("decord",) if cfg.backend == "decord" else ()))
+
+
+def _plan(folders: list[Path], cfg: DecodeConfig, salt: str, ranks: Ranks) -> tuple[list[_Shard], list[_Shard]]:
     """Every shard this run's outputs consist of, before anything is decoded, and the ones this rank
     makes (whole shards, balanced by event count), keyed: a rank hashes only its own shards' inputs."""
-    salt = digest("decode", module_code_digest(__file__), cfg.sample_config())
     links_inside = cfg.links_outside_events == "refuse"
     split_of = {folder.name: assign_split(folder.name, cfg.splits) for folder in folders}
     by_name = {folder.name: folder for folder in folders}
@@ -359,7 +366,9 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
     out_dir = Path(out_dir)
     outputs = StageOutputs("decode", out_dir, REPORT, ranks)
     verifier = outputs.verifier
-    plan, mine = _plan(folders, cfg, ranks)
+    parts = _key_parts(cfg)
+    changes = key_changes(outputs.previous, parts)
+    plan, mine = _plan(folders, cfg, key_salt("decode", parts), ranks)
     previous, legacy = _previous_shards(outputs.previous)
 
     def reusable(file: str) -> bool:
@@ -369,7 +378,7 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
     kept = {s.file for s in mine if s.file in previous and previous[s.file].key == s.key and reusable(s.file)}
     mine = [previous[s.file] if s.file in kept else s for s in mine]
     every_kept = {s.file: s for kept_by_rank in ranks.gather([s for s in mine if s.file in kept]) for s in kept_by_rank}
-    outputs.publish_kept(_index([every_kept[s.file] for s in plan if s.file in every_kept]))
+    outputs.publish_kept({"key_parts": parts, **_index([every_kept[s.file] for s in plan if s.file in every_kept])})
     old = _OldSamples(out_dir, previous)
     by_name = {folder.name: folder for folder in folders}
     if cfg.strict and (reasons := [r for s in mine if s.file in kept for r in s.rejected.values()]):
@@ -381,6 +390,8 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
             old.forget(file)
     to_decode = [by_name[name] for s in to_write for name, key in s.event_keys.items()
                  if key not in old.location and key not in old.rejection]
+    if changes and to_decode:
+        log.warning("%s; recomputing %d events", ranks.label("decode: " + "; ".join(changes)), len(to_decode))
     results = _ordered_results(to_decode, cfg)
     progress = tqdm(total=len(to_decode), desc=ranks.label("decode"), unit="event")
     try:
@@ -440,6 +451,7 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
         # the index keeps each event's warnings through reuse, so the kept-without list is read back from them
         "incomplete": {name: kept for s in shards for name, w in s.warnings.items()
                        if (kept := [m for m in ("video", "audio") if any(x.startswith(m + KEPT_MISSING) for x in w)])},
+        "key_parts": parts,  # what every event's key holds besides its files: the next run says what changed
     }
     # Timing and reuse counts stay out of report.json: the outputs must be byte-identical to a clean run.
     removed, recomputed = outputs.finish({**report, **_index(shards)}, {s.file for s in shards if s.sha256}, legacy)
@@ -449,4 +461,5 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
     return {**report, "seconds": round(time.perf_counter() - started, 3), "processes": ranks.world_size,
             "reuse": {"shards_kept": len(every_kept), "shards_written": len(plan) - len(every_kept),
                       "shards_removed": len(removed), "events_decoded": sum(r[1] for r in reports),
-                      "events_copied": sum(r[2] for r in reports), "recomputed": recomputed}}
+                      "events_copied": sum(r[2] for r in reports), "recomputed": recomputed,
+                      "key_changes": changes}}

@@ -3,7 +3,12 @@
 DVC re-runs a stage only when one of its listed deps changes, so a library module missing
 from a stage's deps leaves its outputs stale when that module is edited. Listing deps by
 hand drifts; this closure is what `tests/test_deps.py` holds `dvc.yaml` to, and what a
-stage can hash as "its code" (`code_digest`).
+stage hashes as "its code" (`code_digest`) in its reuse keys.
+
+`code_digest` hashes what the code does, not its bytes: each file's syntax tree without
+comments, docstrings or layout, written out the same way on every Python version this project
+supports (fields a version adds empty are skipped). A documentation edit recomputes nothing;
+any change to what runs recomputes everything keyed on it.
 """
 
 from __future__ import annotations
@@ -97,9 +102,63 @@ def files_digest(paths: list[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
+_DOCSTRING_OWNERS = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+_NOT_SEMANTIC = frozenset({"type_comment", "kind"})  # `# type:` comments, the `u` of u"..." strings
+
+
+def _is_docstring(statement: ast.stmt) -> bool:
+    return (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)
+            and isinstance(statement.value.value, str))
+
+
+def _fstring_parts(values: list[ast.expr]) -> list[ast.expr]:
+    """An f-string's pieces with adjacent literal text joined and empty text dropped: how a version's parser
+    splits the literal text of an f-string is not what the code does."""
+    parts: list[ast.expr] = []
+    for value in values:
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            if parts and isinstance(parts[-1], ast.Constant) and isinstance(parts[-1].value, str):
+                parts[-1] = ast.Constant(parts[-1].value + value.value)
+            elif value.value:
+                parts.append(value)
+        else:
+            parts.append(value)
+    return [p for p in parts if not (isinstance(p, ast.Constant) and p.value == "")]
+
+
+def _canonical(node: object) -> str:
+    """One text for a syntax tree: node names and their non-empty fields, without docstrings."""
+    if isinstance(node, list):
+        return "[" + ",".join(_canonical(item) for item in node) + "]"
+    if not isinstance(node, ast.AST):
+        return f"{type(node).__name__}:{node!r}"
+    fields = []
+    for name in node._fields:
+        value = getattr(node, name, None)
+        if name == "body" and isinstance(node, _DOCSTRING_OWNERS) and value and _is_docstring(value[0]):
+            value = value[1:]
+        elif name == "values" and isinstance(node, ast.JoinedStr):
+            value = _fstring_parts(value)
+        if name in _NOT_SEMANTIC or value is None or (isinstance(value, list) and not value):
+            continue
+        fields.append(f"{name}={_canonical(value)}")
+    return f"{type(node).__name__}({','.join(fields)})"
+
+
+def semantic_text(source: str, filename: str = "<source>") -> str:
+    """What `code_digest` hashes of one file: its syntax tree without comments, docstrings or layout."""
+    return _canonical(ast.parse(source, filename=filename))
+
+
 def code_digest(script: Path, root: Path = Path(".")) -> str:
-    """sha256 over the closure's paths and bytes: changes exactly when the stage's code does."""
-    return files_digest([Path(root) / p for p in import_closure(script, root)], root)
+    """sha256 over the closure's paths and each file's `semantic_text`: changes when what the stage's code
+    does changes, not when its comments, docstrings or layout do."""
+    digest = hashlib.sha256()
+    for rel in import_closure(script, root):
+        path = Path(root) / rel
+        digest.update(rel.encode() + b"\0" + semantic_text(path.read_text(encoding="utf-8"), str(path)).encode()
+                      + b"\0")
+    return digest.hexdigest()
 
 
 def _is_code(dep: str) -> bool:

@@ -35,14 +35,18 @@ from tqdm import tqdm
 from spectral.devices import resolve_device, resolve_precision
 from spectral.distributed import SINGLE_PROCESS, Ranks, assign_by_size
 from spectral.frames import is_frame_member, load_frames
-from spectral.incremental import digest, module_code_digest
+from spectral.incremental import digest
 from spectral.models.backbone import BackboneInfo, FrameEncoder, create_backbone
-from spectral.reuse import StageOutputs, Verifier, read_complete_index
+from spectral.reuse import StageOutputs, Verifier, key_changes, key_parts, key_salt, read_complete_index
 from spectral.shards import AtomicTarWriter
 from spectral.splits import SPLITS
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
+# what shapes the embeddings besides our code and the recipe: frames decoded back (FFmpeg in PyAV, Pillow),
+# the backbone (timm) and its kernels (torch), arrays and the tar writer
+LIBRARIES = ("av", "numpy", "pillow", "timm", "torch", "webdataset")
+REUSE_RULES = ("recipe", "same_device")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,11 @@ class EmbedConfig:
     num_workers: int = 1
     compile: bool = False
     cpu_threads: int = 2
+    reuse: str = "recipe"  # or same_device: reuse only shards this device, kernels and thread count made
+
+    def __post_init__(self) -> None:
+        if self.reuse not in REUSE_RULES:
+            raise ValueError(f"embed.reuse must be one of {', '.join(REUSE_RULES)}, got {self.reuse!r}")
 
 
 def _kernel_description(device: torch.device) -> str:
@@ -207,22 +216,31 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
                   for key in ("num_frames", "size", "interpolation", "backend", "frame_format", "jpeg_quality")},
         # the audio window decode trimmed or padded every waveform to; training and inference use it
         "audio": report["audio"],
-        # what the embedding bytes depend on besides the frames and weights: they are shared by
-        # pulling from a DVC remote, not recomputed, on machines where these differ
+        # what the embedding values depend on besides the frames and weights (the reuse key): a shard made
+        # with the same recipe is reused on any machine
         "precision": str(encoder.precision).removeprefix("torch."),
+        "channels_last": cfg.channels_last,
+        "embedding_dtype": "float16",
+    }
+    # how this run computes them: kernels and threads move the values by ~1e-5 (bench/drift.py), so they are
+    # recorded with each shard, not keyed on, unless embed.reuse is same_device
+    made_by = {
         "device_type": device.type,
         "kernels": _kernel_description(device),
         "cpu_threads": cfg.cpu_threads if device.type == "cpu" else None,
-        "channels_last": cfg.channels_last,
         "batch_frames": cfg.batch_frames,
         "compile": cfg.compile,
-        "embedding_dtype": "float16",
     }
-    recipes = ranks.gather(recipe)
-    if any(other != recipe for other in recipes):  # one manifest describes every shard
+    setups = ranks.gather((recipe, made_by))
+    if any(other != (recipe, made_by) for other in setups):  # one run, one way of computing
         raise RuntimeError(f"embed ranks disagree on how embeddings are made (different GPUs or software?): "
-                           f"{[r for r in recipes if r != recipe][0]} vs rank {ranks.rank}'s {recipe}")
-    salt = digest("embed", module_code_digest(__file__), recipe)
+                           f"{[s for s in setups if s != (recipe, made_by)][0]} vs rank {ranks.rank}'s "
+                           f"{(recipe, made_by)}")
+    # the weights are keyed by their digest, not by where they were loaded from (a path differs between machines)
+    keyed = {**recipe, "backbone": {k: v for k, v in recipe["backbone"].items() if k != "weights"}}
+    parts = key_parts(__file__, keyed, LIBRARIES)
+    changes = key_changes(outputs.previous, parts)
+    salt = key_salt("embed", parts)
     inputs = [(split, entry) for split in SPLITS for entry in report["index"][split] if entry["sha256"]]
     keys = {entry["file"]: digest(salt, entry["sha256"]) for _, entry in inputs}
     event_counts = {entry["file"]: len(entry["accepted"]) for _, entry in inputs}
@@ -230,11 +248,19 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
     verifier = outputs.verifier
     # rank 0 verifies (one read of each shard, not one per rank); the others wait for its answer
     kept = ranks.broadcast({file for file, key in keys.items() if previous.get(file, {}).get("key") == key
+                            and (cfg.reuse == "recipe" or previous[file].get("made_by") == made_by)
                             and verifier.reusable(file, previous[file])} if ranks.is_main else None)
-    outputs.publish_kept({"index": {file: previous[file] for file in sorted(kept)}})
+    if cfg.reuse == "same_device" and ranks.is_main and (elsewhere := sum(
+            previous.get(file, {}).get("key") == key and previous[file].get("made_by") != made_by
+            for file, key in keys.items())):
+        log.warning("embed: %d shard(s) were made on another device, kernel family or thread count; "
+                    "embed.reuse: same_device recomputes them here", elsewhere)
+    outputs.publish_kept({"key_parts": parts, "index": {file: previous[file] for file in sorted(kept)}})
     todo = [entry for _, entry in inputs if entry["file"] not in kept]
     owners = assign_by_size([len(entry["accepted"]) for entry in todo], ranks.world_size)
     to_embed = [entry for entry, owner in zip(todo, owners, strict=True) if owner == ranks.rank]
+    if changes and todo and ranks.is_main:
+        log.warning("embed: %s; recomputing %d of %d shards", "; ".join(changes), len(todo), len(keys))
     # a damaged input must not become embeddings: decode repairs it on its next run (every rank stops together)
     problems = [f"{decoded_dir / entry['file']}: {problem}" for entry in to_embed
                 if (problem := decoded.problem(entry["file"], entry)) is not None]
@@ -278,7 +304,8 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
             shard_events[url] -= 1
             if shard_events[url] == 0:  # the shard is complete: publish it and record it in the index
                 file = writers.pop(url).commit().name
-                index[file] = {"key": keys[file], "events": event_counts[file], **verifier.written(file)}
+                index[file] = {"key": keys[file], "events": event_counts[file], "made_by": made_by,
+                               **verifier.written(file)}
         if writers or any(shard_events.values()):
             raise RuntimeError(f"decoded shards ended early (missing samples): {sorted(writers)}; rerun decode")
     reports = ranks.gather((index, frames_done, seconds))
@@ -286,7 +313,10 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
     for rank_index, _, _ in reports:
         index.update(rank_index)
     per_split = {split: sum(event_counts[e["file"]] for s, e in inputs if s == split) for split in SPLITS}
-    manifest = {**recipe, "per_split": per_split, "index": {file: index[file] for file in keys}}
+    index = {file: index[file] for file in keys}
+    every_made_by = sorted({json.dumps(entry.get("made_by"), sort_keys=True) for entry in index.values()})
+    manifest = {**recipe, "per_split": per_split, "made_by": [json.loads(m) for m in every_made_by],
+                "key_parts": parts, "index": index}
     removed, recomputed = outputs.finish(manifest, set(keys), legacy)
     elapsed = time.perf_counter() - started
     manifest = {"stage": "embed", "complete": True, **manifest}
@@ -301,7 +331,7 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
         # the forward passes alone, summed over ranks (each rank's frames / its time in the model)
         "model_frames_per_s": round(sum(model_rates), 2) if model_rates else None,
         "reuse": {"shards_kept": len(kept), "shards_written": len(todo), "shards_removed": len(removed),
-                  "recomputed": recomputed},
+                  "recomputed": recomputed, "key_changes": changes},
         "config": asdict(cfg),
     }
     log.info("embedded %d frames: %s", frames_done, throughput)

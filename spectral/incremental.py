@@ -3,8 +3,9 @@
 DVC re-runs a stage when anything in its input folder changes, so a nightly archive that
 grows by 1 % would otherwise be decoded and embedded again in full. The stages keep their
 outputs between runs (`persist: true` in dvc.yaml) and reuse a result when its key — the
-content of the input files, the stage's data-shaping config and the stage's code (its
-import closure, `spectral.deps`) — is unchanged. Labels are never part of a key, so
+content of the input files, the stage's data-shaping config, what the stage's code does (its
+import closure, `spectral.deps`) and its libraries' versions (`spectral.reuse.key_parts`) — is
+unchanged. Labels are never part of a key, so
 relabelling an event re-runs nothing heavy.
 
 Shard membership is content-defined: it depends only on the sorted event names, so it is
@@ -70,7 +71,8 @@ def file_key(path: Path, links_inside: bool) -> str | None:
 
 
 def module_code_digest(module_file: str | Path) -> str:
-    """sha256 of a `spectral` module's import closure: the stage code a result depends on."""
+    """sha256 of what a `spectral` module's import closure does (spectral.deps.code_digest): the stage code a
+    result depends on, its comments and docstrings aside."""
     module_file = Path(module_file).resolve()
     root = next(p.parent for p in module_file.parents if p.name == "spectral")
     return code_digest(module_file.relative_to(root), root)

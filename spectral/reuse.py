@@ -13,6 +13,11 @@ file the stage made with its size and sha256. Nothing is reused on the index's w
 The stat stamps are machine-local (`.spectral-verified.json` in the output folder, listed in
 `.dvcignore`): they must not change the outputs' bytes. `spectral verify` re-reads everything.
 
+A stage's reuse key is made of `key_parts`: its code (spectral.deps.code_digest: what the code
+does, not its comments), its config, and the versions of the libraries that shape its bytes,
+native ones included. The index records the parts, so a run that recomputes says why
+(`key_changes`: "av 18.1.0 → 18.2.0").
+
 `StageOutputs` is one run over an output folder, on every torchrun rank: keep what verifies,
 publish an index of the kept files only (a run killed later never leaves an index describing a
 file it since rewrote), write the rest through `spectral.shards.AtomicTarWriter` (temp name,
@@ -27,13 +32,76 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 from spectral.distributed import SINGLE_PROCESS, Ranks
-from spectral.incremental import clean_run_requested, file_sha256
+from spectral.incremental import clean_run_requested, digest, file_sha256, module_code_digest
 
 STAMPS = ".spectral-verified.json"
 _OWNED = re.compile(r"(?:train|val|test)-[0-9a-f]{16}\.tar(?:\.tmp)?")  # what the stages write, and its temp
+
+
+def _native_versions(distribution: str) -> dict[str, str]:
+    """The native libraries a wheel bundles, whose versions its own version does not always pin."""
+    if distribution == "av":
+        import av
+
+        return {f"av:{name}": ".".join(map(str, version)) for name, version in av.library_versions.items()}
+    if distribution == "soundfile":
+        import soundfile
+
+        return {"soundfile:libsndfile": soundfile.__libsndfile_version__}
+    if distribution == "soxr":
+        import soxr
+
+        return {"soxr:libsoxr": soxr.__libsoxr_version__}
+    return {}
+
+
+def library_versions(distributions: tuple[str, ...]) -> dict[str, str]:
+    """Versions of the installed distributions that shape a stage's bytes, with the native libraries inside them."""
+    versions = {name: metadata.version(name) for name in distributions}
+    for name in distributions:
+        versions.update(_native_versions(name))
+    return dict(sorted(versions.items()))
+
+
+def key_parts(module_file: str, config: object, distributions: tuple[str, ...]) -> dict:
+    """Everything a stage's outputs depend on besides its inputs: what its code does, its config, its libraries."""
+    parts = {"code": module_code_digest(module_file), "config": config, "libraries": library_versions(distributions)}
+    return json.loads(json.dumps(parts))  # as the index will hold them (tuples become lists), to compare with it
+
+
+def key_salt(stage: str, parts: dict) -> str:
+    """The digest every key of the stage starts from."""
+    return digest(stage, parts)
+
+
+def _flat(value: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict):
+        return {k: v for name, item in value.items() for k, v in _flat(item, f"{prefix}{name}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def key_changes(previous: dict | None, parts: dict) -> list[str]:
+    """What differs between the key parts the last run recorded and this run's, for a person: `av 18.1.0 →
+    18.2.0`, `code (what the stage's code does)`, `config.size 224 → 256`. Empty when nothing differs or
+    there is no last run (a first or clean run recomputes for that reason alone)."""
+    if previous is None:
+        return []
+    if not isinstance(previous.get("key_parts"), dict):
+        return ["the last run's index records no key parts (written by an older version)"]
+    old, new = _flat(previous["key_parts"]), _flat(parts)
+    changes = []
+    for name in sorted(set(old) | set(new)):
+        if old.get(name) != new.get(name):
+            label = name.removeprefix("libraries.")
+            if name == "code":
+                changes.append("code (what the stage's code does)")
+            else:
+                changes.append(f"{label} {old.get(name, 'absent')} → {new.get(name, 'absent')}")
+    return changes
 
 
 def file_record(path: Path) -> dict:

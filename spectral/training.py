@@ -301,6 +301,7 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
         "backbone": info.to_dict(),
         "embedding_precision": manifest["precision"],
         "embedding_channels_last": manifest["channels_last"],
+        "embeddings_made_by": manifest["made_by"],  # the devices, kernels and threads that computed them
         "video": manifest["video"],
         "audio": manifest["audio"],
         "sensor_features": list(SENSOR_FEATURES),

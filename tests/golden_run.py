@@ -56,13 +56,15 @@ def run(root: Path) -> dict[str, str]:
 
 
 def _portable_bytes(path: Path) -> bytes:
-    """The file's bytes; for the stage reports, without their reuse `index`. The index holds sha256 keys
-    of (stage code, config, input digests) — no float or CPU-dependent path — and the shards it lists are
-    digested here anyway; left in, any edit to a stage's code (a comment) would move the golden digests."""
+    """The file's bytes; for the stage reports, without their reuse `index` and `key_parts`. They hold sha256
+    keys of (stage code, config, library versions, input digests) — no float or CPU-dependent path — and the
+    shards the index lists are digested here anyway; left in, any edit to what a stage's code does would move
+    the golden digests even when its data does not change."""
     if not path.name.endswith("report.json"):
         return path.read_bytes()
     report = json.loads(path.read_text(encoding="utf-8"))
     report.pop("index")
+    report.pop("key_parts")
     return json.dumps(report, ensure_ascii=False, sort_keys=True).encode("utf-8")
 
 

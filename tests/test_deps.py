@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from spectral.deps import code_digest, expand, import_closure, rewrite_dvc_yaml
+from spectral.deps import code_digest, expand, import_closure, rewrite_dvc_yaml, semantic_text
 
 PROJECT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((PROJECT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
@@ -51,3 +56,88 @@ def test_make_deps_leaves_the_committed_dvc_yaml_unchanged():
     extra = "      - pipeline/embed.py\n      - spectral/x.py\n"
     stale = text.replace("      - spectral/shards.py\n", "", 1).replace("      - pipeline/embed.py\n", extra)
     assert rewrite_dvc_yaml(stale, PROJECT) == text
+
+
+def test_code_digest_ignores_docstrings_comments_and_layout_and_sees_every_semantic_edit(tmp_path):
+    """A docstring-only edit in events.py (imported by every stage) leaves decode's and sensors' code keys as
+    they were, so their next run computes nothing; an edit to what runs changes them."""
+    shutil.copytree(PROJECT / "spectral", tmp_path / "spectral", ignore=shutil.ignore_patterns("__pycache__"))
+    events = tmp_path / "spectral" / "events.py"
+    source = events.read_text(encoding="utf-8")
+    keys = {stage: code_digest(Path(f"spectral/{stage}.py"), tmp_path) for stage in ("decode", "features/table")}
+    documented = source.replace('"""', '"""Edited docs. ', 1).replace("\n\n\ndef ", "\n\n\n\n# a comment\ndef ")
+    assert documented.count("# a comment") > 3
+    events.write_text(documented, encoding="utf-8")
+    assert {stage: code_digest(Path(f"spectral/{stage}.py"), tmp_path) for stage in keys} == keys
+    events.write_text(source.replace("def describe_error(", "def describe_error_(", 1), encoding="utf-8")
+    assert all(code_digest(Path(f"spectral/{stage}.py"), tmp_path) != key for stage, key in keys.items())
+
+
+# Syntax whose tree differs between Python versions in ways that do not change what runs: f-strings (3.12
+# tokenizes them anew), fields 3.12/3.13 added (type_params, empty here), u-prefixes, type comments.
+PORTABLE = '''"""Module doc."""
+from __future__ import annotations
+
+import os  # type: ignore
+
+
+@decorator(arg=1)
+class Thing(Base, metaclass=Meta):
+    """Class doc."""
+
+    field: int = 0
+
+    async def run(self, *args: str, key: float = 1.5, **kwargs) -> dict[str, int]:
+        """Method doc."""
+        async with lock:
+            async for item in source():
+                await emit(f"{item!r:>{width}} of {self.field:05d}" f"-{u'x'}-" rf"\\d{{2}}")
+        match args:
+            case [first, *rest] if (n := len(rest)) > 1:
+                return {first: n}
+            case _:
+                return {k: v for k, v in kwargs.items() if v is not None}
+        return lambda x=b"\\x00": (x, ..., 1j, -2, 3.0e-5, None, True)
+'''
+PORTABLE_SHA256 = "fbe3d7f8f525532d3568f020876de9472e16f0c93a21fbb234b2a67872ef636f"
+
+
+def interpreters() -> dict[str, str]:
+    """Every CPython 3.11-3.13 this machine has (on PATH or under pyenv), by version."""
+    found = {}
+    candidates = [sys.executable, *(shutil.which(f"python3.{minor}") for minor in (11, 12, 13))]
+    candidates += [str(p) for p in sorted(Path.home().glob(".pyenv/versions/3.1[123]*/bin/python"))]
+    for path in filter(None, candidates):
+        version = subprocess.run([path, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True).stdout.strip()
+        if version:  # a pyenv shim for a version not selected answers nothing
+            found.setdefault(version, path)
+    return found
+
+
+SEMANTIC_DIGESTS = """
+import hashlib, importlib.util, json, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("deps", "spectral/deps.py")
+deps = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(deps)
+portable = hashlib.sha256(deps.semantic_text(sys.stdin.read()).encode()).hexdigest()
+stages = {p.stem: deps.code_digest(Path("pipeline") / p.name, Path(".")) for p in sorted(Path("pipeline").glob("*.py"))}
+print(json.dumps({"portable": portable, "stages": stages}))
+"""
+
+
+def test_code_keys_are_the_same_on_every_python_version():
+    """The committed digest of a tree that differs between versions, and every stage's code key, computed by
+    each CPython 3.11-3.13 this machine has: a version whose parser writes the tree differently fails here
+    instead of recomputing every stage on the machines that run it."""
+    assert hashlib.sha256(semantic_text(PORTABLE).encode()).hexdigest() == PORTABLE_SHA256
+    found = interpreters()
+    results = {version: json.loads(subprocess.run([path, "-c", SEMANTIC_DIGESTS], input=PORTABLE, cwd=PROJECT,
+                                                  capture_output=True, text=True, check=True).stdout)
+               for version, path in sorted(found.items())}
+    here = {"portable": PORTABLE_SHA256,
+            "stages": {p.stem: code_digest(Path("pipeline") / p.name, PROJECT)
+                       for p in sorted((PROJECT / "pipeline").glob("*.py"))}}
+    assert {version: result == here for version, result in results.items()} == dict.fromkeys(results, True)
+    print(f"code keys equal on CPython {', '.join(sorted(results))}")

@@ -3,6 +3,7 @@ read what the manifest lists and nothing else."""
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from spectral.data import CachedShardDataModule
 from spectral.decode import DecodeConfig, run_decode
 from spectral.embed import EmbedConfig, run_embed
 from spectral.features.table import run_sensors
-from spectral.reuse import STAMPS, Verifier, file_record, output_files
+from spectral.reuse import STAMPS, Verifier, file_record, key_changes, output_files
 
 SPLITS = {"train": 0.6, "val": 0.2, "test": 0.2}
 CFG = DecodeConfig(num_frames=2, size=32, workers=1, splits=SPLITS, shard_events=3, max_shard_events=6)
@@ -184,3 +185,93 @@ def test_verify_reads_every_listed_shard_and_names_the_damaged_ones(clean, tmp_p
     (embedded / "manifest.json").write_text('{"stage": "embed", "complete": false, "index": {}}')
     refused = subprocess.run(command, capture_output=True, text=True)  # no silent "0 of 0 match"
     assert refused.returncode == 2 and "interrupted embed run" in refused.stderr
+
+
+def upgrade(monkeypatch, distribution: str) -> str:
+    """Pretend `distribution` was upgraded to 99.0 (what a pin change records); returns the real version."""
+    real = spectral.reuse.metadata.version
+    monkeypatch.setattr(spectral.reuse.metadata, "version", lambda name: "99.0" if name == distribution else real(name))
+    return real(distribution)
+
+
+def test_a_library_upgrade_recomputes_exactly_the_stage_it_shapes_and_says_why(archive, tmp_path, monkeypatch,
+                                                                                  caplog):
+    decoded, embedded, table = tmp_path / "decoded", tmp_path / "embedded", tmp_path / "sensors.parquet"
+    run_decode(archive, decoded, CFG)
+    run_sensors(archive, table, SPLITS)
+    run_embed(decoded, embedded, EMBED)
+    with monkeypatch.context() as patch:
+        soxr = upgrade(patch, "soxr")  # decode resamples audio with it
+        decode = run_decode(archive, decoded, CFG)["reuse"]
+        sensors = run_sensors(archive, table, SPLITS)
+        embed = run_embed(decoded, embedded, EMBED)["throughput"]["reuse"]
+    assert decode["events_decoded"] == 10 and decode["key_changes"] == [f"soxr {soxr} → 99.0"]
+    assert f"decode: soxr {soxr} → 99.0; recomputing 10 events" in caplog.text
+    assert sensors["reused"] == 10 and sensors["key_changes"] == []
+    assert embed["shards_written"] == 0  # the same shard bytes: nothing to re-embed
+    back = run_decode(archive, decoded, CFG)["reuse"]  # the pin undone is a change too
+    assert back["events_decoded"] == 10 and back["key_changes"] == [f"soxr 99.0 → {soxr}"]
+    with monkeypatch.context() as patch:
+        torch_version = upgrade(patch, "torch")
+        embed = run_embed(decoded, embedded, EMBED)["throughput"]["reuse"]
+    assert embed["shards_kept"] == 0 and embed["key_changes"] == [f"torch {torch_version} → 99.0"]
+    with monkeypatch.context() as patch:
+        polars = upgrade(patch, "polars")
+        sensors = run_sensors(archive, table, SPLITS)
+    assert sensors["reused"] == 0 and sensors["key_changes"] == [f"polars {polars} → 99.0"]
+
+
+def test_key_changes_name_what_differs_for_a_person():
+    parts = {"code": "a" * 64, "config": {"size": 224, "frames": 8}, "libraries": {"av": "18.1.0", "numpy": "2.4.6"}}
+    changed = {"code": "b" * 64, "config": {"size": 256, "frames": 8},
+               "libraries": {"av": "18.2.0", "pillow": "13.0.0"}}
+    assert key_changes(None, parts) == []  # a first or clean run
+    assert key_changes({"key_parts": parts}, parts) == []
+    assert key_changes({"key_parts": parts}, changed) == [
+        "code (what the stage's code does)", "config.size 224 → 256", "av 18.1.0 → 18.2.0", "numpy 2.4.6 → absent",
+        "pillow absent → 13.0.0"]
+    assert key_changes({"index": {}}, parts) == [
+        "the last run's index records no key parts (written by an older version)"]
+
+
+EMBED_ELSEWHERE = """
+import json, sys
+from pathlib import Path
+from spectral.embed import EmbedConfig, run_embed
+config = EmbedConfig(batch_frames=3, num_workers=0, reuse=sys.argv[3])
+print(json.dumps(run_embed(Path(sys.argv[1]), Path(sys.argv[2]), config)["throughput"]["reuse"]))
+"""
+
+
+def embed_on_another_kernel(decoded: Path, embedded: Path, reuse: str) -> dict:
+    """The embed stage in a process whose torch runs its baseline CPU kernels (what a machine of another kind
+    computes with): the reuse counts it reports."""
+    result = subprocess.run([sys.executable, "-c", EMBED_ELSEWHERE, str(decoded), str(embedded), reuse],
+                            env={**os.environ, "ATEN_CPU_CAPABILITY": "default"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_machine_of_another_kind_extends_the_archive_and_same_device_recomputes_what_it_did_not_make(
+        archive, clean, tmp_path):
+    events, decoded, embedded = tmp_path / "events", tmp_path / "decoded", tmp_path / "embedded"
+    shutil.copytree(archive, events)
+    shutil.copytree(clean / "decoded", decoded)
+    shutil.copytree(clean / "embedded", embedded)
+    make_event(events, "event_2026-11-30", n_frames=6)  # sorts last: one shard of its split changes
+    decode = run_decode(events, decoded, CFG)["reuse"]
+    assert decode["events_decoded"] == 1
+    total = sum(len(files) for files in json.loads((decoded / "report.json").read_text())["shards"].values())
+    elsewhere = embed_on_another_kernel(decoded, embedded, "recipe")
+    assert elsewhere["shards_written"] == decode["shards_written"] == 1 and elsewhere["shards_kept"] == total - 1
+    manifest = json.loads((embedded / "manifest.json").read_text())
+    kernels = {m["kernels"].rpartition(" ")[2] for m in manifest["made_by"]}
+    assert kernels == {"DEFAULT", torch_capability()}, manifest["made_by"]
+    strict = embed_on_another_kernel(decoded, embedded, "same_device")
+    assert strict["shards_written"] == total - 1 and strict["shards_kept"] == 1
+
+
+def torch_capability() -> str:
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()

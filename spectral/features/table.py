@@ -38,12 +38,13 @@ from spectral.events import (
     load_event,
 )
 from spectral.features.sensors import SENSOR_FEATURES, missing_features, sensor_features
-from spectral.incremental import digest, file_key, file_sha256, module_code_digest
+from spectral.incremental import digest, file_key, file_sha256
 from spectral.io.errors import is_invalid_table
-from spectral.reuse import load_index, publish_index
+from spectral.reuse import key_changes, key_parts, key_salt, load_index, publish_index
 from spectral.splits import assign_split
 
 log = logging.getLogger(__name__)
+LIBRARIES = ("numpy", "polars", "pyarrow")  # CSV parsing, the feature arithmetic, the Parquet writer
 
 SCHEMA = pa.schema(
     [("event", pa.string()), ("split", pa.string()), ("label", pa.int8()), ("label_name", pa.string())]
@@ -71,14 +72,13 @@ def _absent(reason: str) -> dict:
     return {**dict.fromkeys(SENSOR_FEATURES), "missing_features": list(SENSOR_FEATURES), "sensors_missing": reason}
 
 
-def _previous_features(out_path: Path, report_path: Path) -> tuple[dict[str, tuple[str, dict]], str | None]:
+def _previous_features(out_path: Path, report: dict | None) -> tuple[dict[str, tuple[str, dict]], str | None]:
     """The last run's feature rows by event, with the key each was computed from, and why none are
     reused when a last run's index exists but cannot be trusted.
 
     Only trusted when the table on disk is the one the report describes (a run killed between
     writing the two, or a damaged table, leaves them unmatched, and then everything is recomputed).
     The table is read whole to be reused, so its sha256 is always checked (no stat stamps)."""
-    report = load_index(report_path, "sensors")
     if report is None:
         return {}, None
     if not out_path.is_file():
@@ -111,8 +111,13 @@ def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], stri
     folders = find_event_folders(events_dir)
     out_path = Path(out_path)
     report_path = out_path.with_name(out_path.stem + "_report.json")
-    salt = digest("sensors", module_code_digest(__file__))
-    previous, distrusted = _previous_features(out_path, report_path)
+    parts = key_parts(__file__, None, LIBRARIES)
+    salt = key_salt("sensors", parts)
+    last_report = load_index(report_path, "sensors")
+    changes = key_changes(last_report, parts)
+    previous, distrusted = _previous_features(out_path, last_report)
+    if changes and previous:  # every key differs: no row is reused
+        log.warning("sensors: %s; recomputing %d events' features", "; ".join(changes), len(folders))
     if distrusted:  # a warning, so the stage and `spectral sensors` both show it
         log.warning("recomputing every event's features: the last run's %s: %s", out_path.name, distrusted)
     keys: dict[str, str] = {}
@@ -181,9 +186,10 @@ def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], stri
         "rejected": rejected,
         # the reuse index: which sensors.csv content (and code) each row's features came from
         "index": {"table_sha256": file_sha256(out_path), "keys": keys},
+        "key_parts": parts,  # what every key holds besides sensors.csv: the next run says what changed
     }
     publish_index(report_path, report)
     check_losses("sensors", len(rejected), {"sensors": len(incomplete)}, len(folders), max_rejected_fraction,
                  report_path)
     recomputed = {out_path.name: distrusted} if distrusted else {}  # the last run's features, not reused, and why
-    return {**report, "reused": reused, "recomputed": recomputed}
+    return {**report, "reused": reused, "recomputed": recomputed, "key_changes": changes}

@@ -32,7 +32,7 @@ class BackboneInfo:
 
     name: str
     weights: str
-    weights_sha256: str | None
+    weights_sha256: str | None  # of the weights file; for hub weights, of the loaded tensors (None: an older model)
     embedding_dim: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -47,6 +47,16 @@ def _sha256(path: Path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def _tensors_sha256(model: nn.Module) -> str:
+    """sha256 of a model's loaded tensors (names, dtypes, shapes, values): the weights' identity when no file
+    of ours holds them (hub weights land in a cache that may be shared, pruned or re-downloaded)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -95,6 +105,7 @@ def create_backbone(name: str, weights: str) -> tuple[nn.Module, BackboneInfo]:
                                f"({type(err).__name__}: {err}). Offline, set video.weights to a local weights file, "
                                f"or use video.backbone={PACKAGED_ARCHITECTURE} with video.weights=packaged.") from err
         source = f"hub:{model.pretrained_cfg.get('hf_hub_id') or model.pretrained_cfg.get('url')}"
+        weights_sha = _tensors_sha256(model)  # recorded and in embed's key, so a changed checkpoint re-embeds
     else:
         path = Path(weights)
         if not path.is_file():
