@@ -10,14 +10,18 @@ from pathlib import Path
 
 import yaml
 
+from spectral.deps import require_declared
 from spectral.distributed import relaunch_under_torchrun, stage_ranks
 from spectral.embed import EmbedConfig, run_embed
 from spectral.lifecycle import end_with_children
+from spectral.models.backbone import WEIGHTS_DIR, weights_file
 
 
 def main() -> None:
     end_with_children()
     params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+    if weights_file(params["video"]["weights"]):
+        require_declared(params["video"]["weights"], "video.weights", "embed", WEIGHTS_DIR)
     relaunch_under_torchrun(params["distributed"]["embed_processes"])
     config = EmbedConfig(backbone=params["video"]["backbone"], weights=params["video"]["weights"], **params["embed"])
     with stage_ranks(params["distributed"]["timeout_s"]) as ranks:

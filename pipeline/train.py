@@ -5,13 +5,17 @@ from pathlib import Path
 
 import yaml
 
+from spectral.deps import require_declared
 from spectral.lifecycle import end_with_children
+from spectral.models.backbone import WEIGHTS_DIR, weights_file
 from spectral.training import TrainConfig, train
 
 
 def main() -> None:
     end_with_children()
     params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+    if weights_file(params["video"]["weights"]):
+        require_declared(params["video"]["weights"], "video.weights", "train", WEIGHTS_DIR)
     summary = train(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), TrainConfig(**params["train"]),
                     weights=params["video"]["weights"])
     if summary is None:  # a DDP rank other than 0: rank 0 exports and reports

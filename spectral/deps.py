@@ -192,6 +192,32 @@ def rewrite_dvc_yaml(text: str, root: Path = Path(".")) -> str:
     return "\n".join(out)
 
 
+def stage_deps(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
+    """The deps `dvc.yaml` declares for a stage, as written (paths relative to the project)."""
+    import yaml  # here, so the code-key functions above run on a bare interpreter (tests/test_deps.py)
+
+    stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
+    if stage not in stages:
+        raise KeyError(f"{dvc_yaml} has no stage {stage!r} (stages: {', '.join(stages)})")
+    return list(stages[stage].get("deps", []))
+
+
+def require_declared(path: str, param: str, stage: str, home: str, dvc_yaml: Path = Path("dvc.yaml")) -> None:
+    """Refuse a file a stage reads because a param names it unless it lies under one of the stage's deps:
+    DVC re-runs a stage only when a declared dep changes, so an undeclared file could be replaced under
+    the same name and every output made from its old bytes would stay, reported up to date."""
+    target = Path(path).resolve()
+    root = dvc_yaml.resolve().parent
+    declared = stage_deps(stage, dvc_yaml)
+    for dep in declared:
+        dep_path = (root / dep).resolve()
+        if target == dep_path or dep_path in target.parents:
+            return
+    raise ValueError(f"{param}={path!r} is not under any dep of the {stage!r} stage in {dvc_yaml}, so DVC would "
+                     f"not notice when its bytes change. Put the file under {home}/ (`dvc add` it there to share "
+                     f"it through the remote), or add its path to stages.{stage}.deps.")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="the code deps (import closure) of DVC stage scripts")
     parser.add_argument("scripts", type=Path, nargs="*", help="print the closure of these scripts")

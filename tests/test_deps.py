@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spectral.deps import code_digest, expand, import_closure, rewrite_dvc_yaml, semantic_text
+from spectral.deps import code_digest, expand, import_closure, require_declared, rewrite_dvc_yaml, semantic_text
 
 PROJECT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((PROJECT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
@@ -141,3 +141,16 @@ def test_code_keys_are_the_same_on_every_python_version():
                        for p in sorted((PROJECT / "pipeline").glob("*.py"))}}
     assert {version: result == here for version, result in results.items()} == dict.fromkeys(results, True)
     print(f"code keys equal on CPython {', '.join(sorted(results))}")
+
+
+def test_a_file_named_by_a_param_must_lie_under_a_declared_dep(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages:\n  embed:\n    cmd: python pipeline/embed.py\n"
+                                       "    deps:\n      - data/weights\n      - pipeline/embed.py\n")
+    (tmp_path / "data" / "weights").mkdir(parents=True)
+    require_declared(str(tmp_path / "data" / "weights" / "b0.pth"), "video.weights", "embed", "data/weights",
+                     tmp_path / "dvc.yaml")
+    with pytest.raises(ValueError, match=r"video.weights='/elsewhere/b0.pth' is not under any dep of the 'embed' "
+                                         r"stage.*Put the file under data/weights/"):
+        require_declared("/elsewhere/b0.pth", "video.weights", "embed", "data/weights", tmp_path / "dvc.yaml")
+    with pytest.raises(KeyError, match="no stage 'train'"):
+        require_declared("x", "video.weights", "train", "data/weights", tmp_path / "dvc.yaml")

@@ -81,7 +81,7 @@ def commit(repo: Path, message: str) -> None:
 def repo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pipeline") / "project"
     root.mkdir()
-    for item in ("dvc.yaml", "params.yaml", "pipeline", "spectral", ".gitignore", ".dvcignore"):
+    for item in ("dvc.yaml", "params.yaml", "pipeline", "spectral", "data/weights", ".gitignore", ".dvcignore"):
         source = PROJECT / item
         if source.is_dir():
             shutil.copytree(source, root / item, ignore=shutil.ignore_patterns("__pycache__"))
@@ -169,6 +169,44 @@ def test_embed_param_change_leaves_decode_and_sensors_alone(repo):
     assert stages_run(dvc(repo, "repro")) == {"embed"}
     assert lock_hashes(repo)["embed"]["data/embeddings"] == before["embed"]["data/embeddings"]
     commit(repo, "other embedding batch and back")
+
+
+def test_replacing_a_weights_files_bytes_reruns_embed(repo):
+    """A weights file given by path lives under data/weights/, a dep of embed: the same name with other bytes
+    makes DVC re-run embed, which says why and recomputes every shard. A path outside it is refused."""
+    from spectral.models.backbone import packaged_weights_path
+
+    before = lock_hashes(repo)
+    weights = repo / "data" / "weights" / "lite0.pth"
+    shutil.copy(packaged_weights_path(), weights)
+    set_params(repo, {"video": {"weights": "data/weights/lite0.pth"}})
+    dvc(repo, "repro", "embed")  # the packaged bytes under another name: the same recipe, nothing recomputed
+    assert json.loads((repo / "metrics" / "embed.json").read_text())["reuse"]["shards_written"] == 0
+    assert "up to date" in dvc(repo, "status", "embed")
+
+    state = torch.load(weights, weights_only=True)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] * 1.01
+    torch.save(state, weights)
+    assert "data/weights" in dvc(repo, "status", "embed")
+    output = dvc(repo, "repro", "embed")
+    assert "embed" in stages_run(output) and "weights" in output
+    reuse = json.loads((repo / "metrics" / "embed.json").read_text())["reuse"]
+    assert reuse["shards_kept"] == 0 and reuse["shards_written"] > 0
+    assert any("weights" in change for change in reuse["key_changes"]), reuse
+
+    outside = repo.parent / "elsewhere.pth"
+    shutil.move(weights, outside)
+    set_params(repo, {"video": {"weights": str(outside)}})
+    refused = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro", "embed"], cwd=repo,
+                             env=env_for(repo), capture_output=True, text=True)
+    assert refused.returncode != 0 and "data/weights/" in refused.stdout + refused.stderr
+
+    set_params(repo, {"video": {"weights": "packaged"}})
+    dvc(repo, "repro", "embed")
+    assert lock_hashes(repo)["embed"]["data/embeddings"] == before["embed"]["data/embeddings"]
+    assert "up to date" in dvc(repo, "status")
+    commit(repo, "a weights file by path, replaced, and back to packaged")
 
 
 def test_sensors_param_change_reruns_sensors_and_nothing_upstream(repo):

@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 PACKAGED = "packaged"
 HUB = "hub"
 PACKAGED_ARCHITECTURE = "tf_efficientnet_lite0"
+WEIGHTS_DIR = "data/weights"  # a dep of embed and train in dvc.yaml: weights files given by path live here
+
+
+def weights_file(weights: str) -> str | None:
+    """The file a `video.weights` value names, or None for the packaged and hub sources."""
+    return None if weights in (PACKAGED, HUB) else weights
 
 
 @dataclass(frozen=True)
