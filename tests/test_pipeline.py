@@ -20,8 +20,10 @@ import pytest
 import torch
 import yaml
 
-from spectral.incremental import CLEAN_RUN_ENV
-from spectral.provenance import git_blob_id
+from spectral.runtime.incremental import CLEAN_RUN_ENV
+from spectral.runtime.provenance import git_blob_id
+
+pytestmark = pytest.mark.slow
 
 PROJECT = Path(__file__).resolve().parents[1]
 STAGES = ("synth", "ood", "decode", "sensors", "embed", "train", "evaluate")
@@ -114,7 +116,7 @@ def test_full_repro_produces_every_output(repo):
     assert result["event"] == "event_00000" and result["class"] in result["probabilities"]
     assert result["missing"] == [] and "in_distribution" in result
     # README, "Trusting a prediction": the OOD flag measured on folders of your own
-    spectral_cli(repo, "ood-set", "own_ood", "--events", "2", "--seed", "5")
+    spectral_cli(repo, "ood", "own_ood", "-S", "ood.events=2", "-S", "ood.seed=5")
     output = spectral_cli(repo, "evaluate", "models/model.pt", "data/embeddings", "data/sensors.parquet", "--ood",
                           "own_ood", "--metrics", "own_ood.json", "--plots", "own_ood_plots")
     assert "out-of-distribution (mahalanobis)" in output and "on 2 OOD vs" in output

@@ -4,7 +4,7 @@ DVC re-runs a stage when anything in its input folder changes, so a nightly arch
 grows by 1 % would otherwise be decoded and embedded again in full. The stages keep their
 outputs between runs (`persist: true` in dvc.yaml) and reuse a result when its key — the
 content of the input files, the stage's data-shaping config, what the stage's code does (its
-import closure, `spectral.deps`) and its libraries' versions (`spectral.reuse.key_parts`) — is
+import closure, `spectral.runtime.deps`) and its libraries' versions (`spectral.runtime.reuse.key_parts`) — is
 unchanged. Labels are never part of a key, so
 relabelling an event re-runs nothing heavy.
 
@@ -22,11 +22,11 @@ import os
 import stat
 from pathlib import Path
 
-from spectral.deps import code_digest
 from spectral.events import LINK_OUTSIDE, links_outside, special_file
+from spectral.runtime.deps import code_digest
 
 CLEAN_RUN_ENV = "SPECTRAL_CLEAN_RUN"
-_BOUNDARY_SALT = b"spectral-shard-boundary\0"  # independent of the split hash (spectral.splits)
+_BOUNDARY_SALT = b"spectral-shard-boundary\0"  # independent of the split hash (spectral.runtime.splits)
 _CHUNK = 1 << 20
 
 
@@ -71,7 +71,7 @@ def file_key(path: Path, links_inside: bool) -> str | None:
 
 
 def module_code_digest(module_file: str | Path) -> str:
-    """sha256 of what a `spectral` module's import closure does (spectral.deps.code_digest): the stage code a
+    """sha256 of what a `spectral` module's import closure does (spectral.runtime.deps.code_digest): the stage code a
     result depends on, its comments and docstrings aside."""
     module_file = Path(module_file).resolve()
     root = next(p.parent for p in module_file.parents if p.name == "spectral")

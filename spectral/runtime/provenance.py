@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from spectral.deps import code_digest, import_closure
+from spectral.runtime.deps import code_digest, import_closure
 
 
 def git_blob_id(data: bytes) -> str:

@@ -13,14 +13,14 @@ file the stage made with its size and sha256. Nothing is reused on the index's w
 The stat stamps are machine-local (`.spectral-verified.json` in the output folder, listed in
 `.dvcignore`): they must not change the outputs' bytes. `spectral verify` re-reads everything.
 
-A stage's reuse key is made of `key_parts`: its code (spectral.deps.code_digest: what the code
+A stage's reuse key is made of `key_parts`: its code (spectral.runtime.deps.code_digest: what the code
 does, not its comments), its config, and the versions of the libraries that shape its bytes,
 native ones included. The index records the parts, so a run that recomputes says why
 (`key_changes`: "av 18.1.0 → 18.2.0").
 
 `StageOutputs` is one run over an output folder, on every torchrun rank: keep what verifies,
 publish an index of the kept files only (a run killed later never leaves an index describing a
-file it since rewrote), write the rest through `spectral.shards.AtomicTarWriter` (temp name,
+file it since rewrote), write the rest through `spectral.runtime.shards.AtomicTarWriter` (temp name,
 renamed when its `with` block ends cleanly, removed on any error), then delete the stage's own
 stale files and publish the complete index, atomically.
 """
@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from spectral.distributed import SINGLE_PROCESS, Ranks
-from spectral.incremental import clean_run_requested, digest, file_sha256, module_code_digest
+from spectral.runtime.distributed import SINGLE_PROCESS, Ranks
+from spectral.runtime.incremental import clean_run_requested, digest, file_sha256, module_code_digest
 
 STAMPS = ".spectral-verified.json"
 _OWNED = re.compile(r"(?:train|val|test)-[0-9a-f]{16}\.tar(?:\.tmp)?")  # what the stages write, and its temp

@@ -4,7 +4,7 @@ Byte-identical shards are what let DVC's cache hit across machines: members carr
 mtime, owner and mode, samples arrive in sorted key order, and webdataset's own TarWriter
 does the tar work. A shard is written under a temporary name and renamed when complete,
 so an interrupted stage never leaves a tar that looks finished (what a stage may delete:
-spectral.reuse).
+spectral.runtime.reuse).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def shard_split(file: str) -> str | None:
 
 
 def shard_paths(directory: Path, prefix: str) -> list[Path]:
-    """Completed shards of one split, sorted by file name (names are content-defined, see spectral.incremental)."""
+    """Completed shards of one split, sorted by file name (content-defined names: spectral.runtime.incremental)."""
     return sorted(p for p in Path(directory).glob(f"{prefix}-*.tar") if shard_split(p.name) == prefix)
 
 

@@ -9,7 +9,7 @@ wrong folder. Only a file's own faults are recorded (spectral.io.errors); a fail
 machine is retried once and then stops the stage. Whatever had to be repaired on the way
 (undecodable frames, NaN or saturated audio) is recorded per event.
 
-The stage is incremental (spectral.incremental, spectral.reuse): report.json doubles as the
+The stage is incremental (spectral.runtime.incremental, spectral.runtime.reuse): report.json doubles as the
 index of what each shard holds, the key it was made from, and its size and sha256. A shard
 whose key is unchanged and whose file verifies is left untouched on disk; a shard that must
 be rewritten copies its unchanged events from verified old shards and decodes only new or
@@ -30,66 +30,60 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from spectral.distributed import SINGLE_PROCESS, Ranks, assign_by_size
 from spectral.events import (
-    AUDIO_FILE,
     DEFAULT_MAX_REJECTED_FRACTION,
-    VIDEO_FILE,
     EventError,
-    MediaError,
     StrictModeError,
     attempt_twice,
-    check_file,
     check_link_policy,
     check_losses,
     check_missing_policy,
-    describe_error,
     display_name,
     find_event_folders,
-    load_event,
     time_budget,
 )
-from spectral.frames import check_format, encode_frames
-from spectral.incremental import (
+from spectral.io.audio import TARGET_RATE, audio_samples
+from spectral.io.event import DECODED_FILES, KEPT_MISSING, decode_event
+from spectral.io.frames import check_format, encode_frames
+from spectral.io.video import check_backend
+from spectral.runtime.distributed import SINGLE_PROCESS, Ranks, assign_by_size
+from spectral.runtime.incremental import (
     digest,
     file_key,
     plan_shards,
     shard_file_name,
 )
-from spectral.io.audio import TARGET_RATE, TARGET_SECONDS, AudioInfo, audio_samples, load_audio, to_pcm16
-from spectral.io.errors import is_invalid_media
-from spectral.io.video import VideoInfo, check_backend, load_video
-from spectral.keys import sample_key
-from spectral.lifecycle import die_with_parent
-from spectral.reuse import StageOutputs, key_changes, key_parts, key_salt
-from spectral.splits import SPLITS, assign_split
+from spectral.runtime.keys import sample_key
+from spectral.runtime.lifecycle import die_with_parent
+from spectral.runtime.params import build_config
+from spectral.runtime.reuse import StageOutputs, key_changes, key_parts, key_salt
+from spectral.runtime.splits import SPLITS, assign_split
 
 REPORT = "report.json"
 # what shapes the shards' bytes besides our code: demuxing/decoding and scaling (FFmpeg in PyAV), JPEG (Pillow),
 # audio reading and resampling (libsndfile, libsoxr), arrays and the tar writer
 LIBRARIES = ("av", "numpy", "pillow", "soundfile", "soxr", "webdataset")
 log = logging.getLogger(__name__)
-KEPT_MISSING = ": missing, kept with the modality masked"  # warning of an event kept without that modality
-DECODED_FILES = (VIDEO_FILE, AUDIO_FILE)
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """decode.* and video.* params; defaults match params.yaml."""
+    """decode.*, video.num_frames/size/interpolation, audio.seconds, splits and the missing-file and link
+    policies; the defaults are params.yaml's (tests/runtime/test_params.py)."""
 
-    num_frames: int = 16
+    num_frames: int = 8
     size: int = 224
-    audio_seconds: float = TARGET_SECONDS
+    audio_seconds: float = 2.0
     backend: str = "pyav"
     interpolation: str = "bicubic"
-    splits: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
+    splits: dict[str, float] = field(default_factory=lambda: {"train": 0.4, "val": 0.3, "test": 0.3})
     frame_format: str = "h264"
     jpeg_quality: int = 95
     shard_events: int = 16
@@ -97,9 +91,16 @@ class DecodeConfig:
     workers: int = 2
     strict: bool = False
     max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION
-    missing_modality: str = "reject"  # keep: an event without usable video or audio is kept, that modality masked
+    missing_modality: str = "keep"  # keep: an event without usable video or audio is kept, that modality masked
     links_outside_events: str = "refuse"  # follow: read links that resolve outside the events folder and DVC cache
     event_timeout_s: float = 300.0  # per event and attempt; a time-out is retried once, then stops the stage
+
+    @classmethod
+    def from_params(cls, params: dict) -> DecodeConfig:
+        return build_config(cls, params, "decode", elsewhere={
+            "num_frames": "video.num_frames", "size": "video.size", "interpolation": "video.interpolation",
+            "audio_seconds": "audio.seconds", "splits": "splits", "missing_modality": "missing_modality",
+            "links_outside_events": "links_outside_events"})
 
     def __post_init__(self) -> None:
         check_missing_policy(self.missing_modality)
@@ -117,69 +118,6 @@ class DecodeConfig:
     def data_config(self) -> dict:
         """What the stage's outputs depend on: workers and strictness must not change their hash."""
         return {**self.sample_config(), "shard_events": self.shard_events, "max_shard_events": self.max_shard_events}
-
-
-def media_warnings(video: VideoInfo | None, audio: AudioInfo | None) -> list[str]:
-    """What decoding had to repair in an event, in words; stored in the shard and returned by predict
-    (None: that modality is absent)."""
-    warnings = []
-    if video is not None and video.repeated_frames:
-        warnings.append(f"video: {video.repeated_frames} sampled frame(s) could not be decoded; "
-                        f"an earlier frame stands in")
-    if video is not None and video.corrupt_frames:
-        warnings.append(f"video: {video.corrupt_frames} sampled frame(s) decoded with damage (error-concealed)")
-    if audio is not None and audio.repaired_samples:
-        warnings.append(f"audio: {audio.repaired_samples} sample(s) held NaN/inf and were replaced")
-    if audio is not None and audio.clipped_samples:
-        warnings.append(f"audio: {audio.clipped_samples} sample(s) at full scale (clipped recording)")
-    return warnings
-
-
-def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpolation: str,
-                 audio_seconds: float = TARGET_SECONDS, keep_missing: bool = False, links_inside: bool = False) -> dict:
-    """One event's frames ("frames.npy", uint8 [N, size, size, 3]), int16 audio and metadata; raises
-    EventError naming the file at fault. Labels are not read. `keep_missing`: a missing, empty or
-    undecodable video or audio is left out of the sample and named in json["missing"] with its reason
-    (the model masks it), instead of rejecting the event. `links_inside`: links that resolve outside the
-    folder holding the event (and its DVC cache) are refused (spectral.events.check_link)."""
-    event = load_event(folder, labelled=False, files=() if keep_missing else DECODED_FILES, links_inside=links_inside)
-    sample: dict = {"__key__": sample_key(event.name)}
-    meta: dict = {"event": event.name}
-    missing: dict[str, str] = {}
-    video_info = audio_info = None
-    try:
-        path = check_file(event.path, VIDEO_FILE, links_inside)
-        try:
-            sample["frames.npy"], video_info = load_video(str(path), num_frames, size, backend, interpolation)
-        except Exception as err:
-            if not is_invalid_media(err):  # the machine's failure, not the file's: never recorded (spectral.io.errors)
-                raise
-            raise MediaError(event.name, VIDEO_FILE, f"cannot decode video: {describe_error(err)}") from None
-        meta["video"] = {**asdict(video_info), "backend": backend, "sampled_frames": num_frames}
-    except EventError as err:
-        if not keep_missing:
-            raise
-        missing["video"] = str(err)
-    try:
-        path = check_file(event.path, AUDIO_FILE, links_inside)
-        try:
-            waveform, audio_info = load_audio(str(path), length=audio_samples(audio_seconds))
-        except Exception as err:
-            if not is_invalid_media(err):
-                raise
-            raise MediaError(event.name, AUDIO_FILE, f"cannot decode audio: {describe_error(err)}") from None
-        sample["audio.npy"] = to_pcm16(waveform)
-        meta["audio"] = asdict(audio_info)
-    except EventError as err:
-        if not keep_missing:
-            raise
-        missing["audio"] = str(err)
-    meta["warnings"] = media_warnings(video_info, audio_info) + [
-        f"{modality}{KEPT_MISSING} ({reason})" for modality, reason in missing.items()]
-    if missing:
-        meta["missing"] = missing
-    sample["json"] = meta
-    return sample
 
 
 def _shard_sample(sample: dict, cfg: DecodeConfig) -> dict:
@@ -269,7 +207,7 @@ class _Shard:
 
 def _previous_shards(report: dict | None) -> tuple[dict[str, _Shard], set[str]]:
     """The last run's index by file name, and the shard files a report of the count-cut layout before
-    content-defined shards lists (this stage wrote them). Files are verified before use (spectral.reuse)."""
+    content-defined shards lists (this stage wrote them). Files are verified before use (spectral.runtime.reuse)."""
     if report is None:
         return {}, set()
     try:
@@ -352,11 +290,11 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
     """Decode the event folders under events_dir into out_dir, reusing what an earlier run made from
     the same inputs; writes report.json, returns it plus timing and reuse counts (of all ranks).
 
-    Under torchrun (`ranks` from spectral.distributed.stage_ranks) each rank makes whole shards of
+    Under torchrun (`ranks` from spectral.runtime.distributed.stage_ranks) each rank makes whole shards of
     the plan and rank 0 writes the report once every rank has reported its shards."""
     # Imported here, not at module level: webdataset pulls in torch (1 s), and every spawned
     # decode worker imports this module; workers only decode, the writer lives in this process.
-    from spectral.shards import AtomicTarWriter
+    from spectral.runtime.shards import AtomicTarWriter
 
     started = time.perf_counter()
     check_format(cfg.frame_format, cfg.jpeg_quality)

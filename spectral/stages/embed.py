@@ -32,14 +32,15 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from spectral.devices import resolve_device, resolve_precision
-from spectral.distributed import SINGLE_PROCESS, Ranks, assign_by_size
-from spectral.frames import is_frame_member, load_frames
-from spectral.incremental import digest
+from spectral.io.frames import is_frame_member, load_frames
 from spectral.models.backbone import BackboneInfo, FrameEncoder, create_backbone
-from spectral.reuse import StageOutputs, Verifier, key_changes, key_parts, key_salt, read_complete_index
-from spectral.shards import AtomicTarWriter
-from spectral.splits import SPLITS
+from spectral.runtime.devices import PRECISIONS, resolve_device, resolve_precision
+from spectral.runtime.distributed import SINGLE_PROCESS, Ranks, assign_by_size
+from spectral.runtime.incremental import digest
+from spectral.runtime.params import build_config, check_choice
+from spectral.runtime.reuse import StageOutputs, Verifier, key_changes, key_parts, key_salt, read_complete_index
+from spectral.runtime.shards import AtomicTarWriter
+from spectral.runtime.splits import SPLITS
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -51,7 +52,7 @@ REUSE_RULES = ("recipe", "same_device")
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    """embed.* and video.backbone/weights params; defaults match params.yaml."""
+    """embed.* and video.backbone/weights params; the defaults are params.yaml's (tests/runtime/test_params.py)."""
 
     backbone: str = "tf_efficientnet_lite0"
     weights: str = "packaged"
@@ -64,9 +65,13 @@ class EmbedConfig:
     cpu_threads: int = 2
     reuse: str = "recipe"  # or same_device: reuse only shards this device, kernels and thread count made
 
+    @classmethod
+    def from_params(cls, params: dict) -> EmbedConfig:
+        return build_config(cls, params, "embed", elsewhere={"backbone": "video.backbone", "weights": "video.weights"})
+
     def __post_init__(self) -> None:
-        if self.reuse not in REUSE_RULES:
-            raise ValueError(f"embed.reuse must be one of {', '.join(REUSE_RULES)}, got {self.reuse!r}")
+        check_choice("embed.reuse", self.reuse, REUSE_RULES)
+        check_choice("embed.precision", self.precision, ("auto", *PRECISIONS))
 
 
 def _kernel_description(device: torch.device) -> str:

@@ -29,7 +29,7 @@ from spectral.models.artifact import load_model  # noqa: E402
 from spectral.models.calibration import calibrated_probabilities  # noqa: E402
 from spectral.models.fusion import SpectralFusionModel  # noqa: E402
 from spectral.models.modalities import MODALITIES, describe, presence_patterns  # noqa: E402
-from spectral.posthoc import branch_outputs, pattern_mask  # noqa: E402
+from spectral.models.posthoc import branch_outputs, pattern_mask  # noqa: E402
 
 MIN_EVENTS_PER_BIN = 10
 MAX_BINS = 10
@@ -378,7 +378,7 @@ def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path
     train_means = [p.mean(dim=0, keepdim=True) for p in train_parts]
     test_parts, present, labels = branch_outputs(model, data.test_dataloader())
     if labels.size == 0:
-        raise ValueError(f"the test split in {embed_dir} is empty: add events or raise decode.splits.test")
+        raise ValueError(f"the test split in {embed_dir} is empty: add events or raise splits.test in params.yaml")
     draws = bootstrap_draws(labels.size)
     logits = _logits(model, test_parts, present)
     temperature, label_noise = float(model.temperature), float(model.label_noise)

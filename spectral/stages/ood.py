@@ -14,6 +14,7 @@ at folders of your own to measure on them.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -24,7 +25,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from spectral.events import AUDIO_FILE, METADATA_FILE, SENSORS_FILE, VIDEO_FILE
-from spectral.synth import check_bit_exact_size, yuv420p_frame, yuv_planes
+from spectral.io.yuv import check_bit_exact_size, yuv420p_frame, yuv_planes
+from spectral.runtime.params import build_config
 
 AUDIO_RATE = 44_100
 PHOTOS = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "clock_motion.png", "coffee.png", "coins.png",
@@ -179,7 +181,7 @@ def write_ood_event(folder: Path, seed: int, index: int, seconds: float = 2.0, f
     frames = int(seconds * fps)
     folder.mkdir(parents=True, exist_ok=True)
     if video_source in LAVFI:
-        w, h = (384, 288)  # 320 x 240 was not bit-exact (spectral.synth.check_bit_exact_size)
+        w, h = (384, 288)  # 320 x 240 was not bit-exact (spectral.io.yuv.check_bit_exact_size)
         images, detail = _lavfi(video_source, int(rng.integers(1, 2**31)), frames, w, h, fps), video_source
     else:
         photo = PHOTOS[int(rng.integers(len(PHOTOS)))]
@@ -192,6 +194,18 @@ def write_ood_event(folder: Path, seed: int, index: int, seconds: float = 2.0, f
     metadata = {"event_id": folder.name, "ood": ood}  # no classification: none of the four classes applies
     (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     return ood
+
+
+@dataclass(frozen=True)
+class OodConfig:
+    """ood.* params; the defaults are params.yaml's (tests/runtime/test_params.py)."""
+
+    events: int = 60
+    seed: int = 0
+
+    @classmethod
+    def from_params(cls, params: dict) -> OodConfig:
+        return build_config(cls, params, "ood")
 
 
 def generate_ood(out_dir: Path, n_events: int, seed: int) -> list[Path]:

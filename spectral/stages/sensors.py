@@ -1,7 +1,7 @@
 """The sensors stage: every event's sensors.csv → one Parquet row of the declared feature schema.
 
 A separate stage from decode because it is cheap and changes for different reasons (a new
-feature must not re-decode video). It is incremental like decode (spectral.incremental): an
+feature must not re-decode video). It is incremental like decode (spectral.runtime.incremental): an
 event whose sensors.csv and the stage's code are unchanged keeps its features from the last
 table; its label and split are read again. Rows are sorted by event name and written in batches,
 so memory does not grow with the number of events and reruns give byte-identical files.
@@ -13,6 +13,7 @@ the sensor branch for it.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +39,11 @@ from spectral.events import (
     load_event,
 )
 from spectral.features.sensors import SENSOR_FEATURES, missing_features, sensor_features
-from spectral.incremental import digest, file_key, file_sha256
 from spectral.io.errors import is_invalid_table
-from spectral.reuse import key_changes, key_parts, key_salt, load_index, publish_index
-from spectral.splits import assign_split
+from spectral.runtime.incremental import digest, file_key, file_sha256
+from spectral.runtime.params import build_config
+from spectral.runtime.reuse import key_changes, key_parts, key_salt, load_index, publish_index
+from spectral.runtime.splits import assign_split
 
 log = logging.getLogger(__name__)
 LIBRARIES = ("numpy", "polars", "pyarrow")  # CSV parsing, the feature arithmetic, the Parquet writer
@@ -96,6 +98,23 @@ def _previous_features(out_path: Path, report: dict | None) -> tuple[dict[str, t
                 for row in table.to_pylist() if row["event"] in index["keys"]}, None
     except (ValueError, KeyError, TypeError, OSError) as err:
         return {}, f"cannot be read against the index ({type(err).__name__}: {err})"
+
+
+@dataclass(frozen=True)
+class SensorsConfig:
+    """sensors.* params, the splits and the missing-file and link policies: `run_sensors`'s keyword arguments
+    as the stage gives them; the defaults are params.yaml's (tests/runtime/test_params.py)."""
+
+    splits: dict[str, float] = field(default_factory=lambda: {"train": 0.4, "val": 0.3, "test": 0.3})
+    strict: bool = False
+    max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION
+    missing_modality: str = "keep"
+    links_outside_events: str = "refuse"
+
+    @classmethod
+    def from_params(cls, params: dict) -> SensorsConfig:
+        return build_config(cls, params, "sensors", elsewhere={
+            "splits": "splits", "missing_modality": "missing_modality", "links_outside_events": "links_outside_events"})
 
 
 def run_sensors(events_dir: Path, out_path: Path, splits: dict[str, float], strict: bool = False,

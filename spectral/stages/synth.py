@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import av
@@ -24,7 +24,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from spectral.events import AUDIO_FILE, CLASS_NAMES, METADATA_FILE, SENSORS_FILE, VIDEO_FILE
-from spectral.lifecycle import die_with_parent
+from spectral.io.yuv import RGB_TO_YUV, check_bit_exact_size, weighted_channels, yuv420p_frame, yuv_planes
+from spectral.runtime.lifecycle import die_with_parent
+from spectral.runtime.params import build_config
 
 AMBIENT, INTERFERENCE, CORRELATED, HUMANOID = range(4)
 CLASS_PRIORS = (0.30, 0.25, 0.25, 0.20)
@@ -45,6 +47,29 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         check_bit_exact_size(self.width, self.height)
+
+
+@dataclass(frozen=True)
+class SynthStageConfig:
+    """synth.* params: how many events, from which seed, in how many processes, rendered how; the defaults
+    are params.yaml's (the demo's 2 s clips; tests/runtime/test_params.py)."""
+
+    events: int = 500
+    seed: int = 0
+    workers: int = 2
+    render: SynthConfig = SynthConfig(duration_s=2.0)
+
+    @classmethod
+    def from_params(cls, params: dict) -> SynthStageConfig:
+        run = build_config(cls, {"synth": {k: v for k, v in (params.get("synth") or {}).items()
+                                           if k in ("events", "seed", "workers")}}, "synth")
+        render = build_config(SynthConfig, params, "synth", ignore=("events", "seed", "workers"), base=cls.render)
+        return replace(run, render=render)
+
+
+def run_synth(out_dir: Path, cfg: SynthStageConfig) -> list[Path]:
+    """The synth stage: `cfg.events` demo event folders in out_dir."""
+    return generate(out_dir, cfg.events, cfg.seed, cfg.render, workers=cfg.workers)
 
 
 def _smooth_noise(rng: np.random.Generator, length: int, cutoff: int) -> np.ndarray:
@@ -177,59 +202,6 @@ def _humanoid_sprite(height: int) -> np.ndarray:
     return head | torso | arms | legs
 
 
-_RGB_TO_YUV = np.array([[0.257, 0.504, 0.098], [-0.148, -0.291, 0.439], [0.439, -0.368, -0.071]], np.float32)
-_YUV_OFFSETS = (16.0, 128.0, 128.0)
-
-
-def _weighted_channels(rgb: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """rgb[..., 0] * w0 + rgb[..., 1] * w1 + rgb[..., 2] * w2, one IEEE multiply and add at a time.
-
-    Not `rgb @ weights`: a float32 matmul goes to BLAS, whose kernel (chosen per CPU, e.g. by
-    OPENBLAS_CORETYPE) decides FMA use and summation order, and so the rounding of every pixel:
-    measured, it changed the generated video's bytes from one machine to another. Elementwise
-    ufuncs round the same on every x86-64 CPU.
-    """
-    return rgb[..., 0] * weights[0] + rgb[..., 1] * weights[1] + rgb[..., 2] * weights[2]
-
-
-def yuv_planes(rgb: np.ndarray) -> list[np.ndarray]:
-    """Offset-free BT.601 Y (full size) and U, V (2x2-averaged) planes of an RGB image.
-
-    Offset-free planes are linear in RGB, so per-frame brightness is one multiply and
-    objects are painted straight into the planes: no per-frame colour conversion.
-    """
-    block = (rgb[0::2, 0::2] + rgb[1::2, 0::2] + rgb[0::2, 1::2] + rgb[1::2, 1::2]) * 0.25
-    return [_weighted_channels(rgb, _RGB_TO_YUV[0]), _weighted_channels(block, _RGB_TO_YUV[1]),
-            _weighted_channels(block, _RGB_TO_YUV[2])]
-
-
-def check_bit_exact_size(width: int, height: int) -> None:
-    """Refuse a size single-threaded x264 does not encode to the same bytes every time.
-
-    x264 reads chroma rows in whole 64-byte SIMD words, past the end of the last row when the chroma
-    width (half the width) is not a multiple of 64: there FFmpeg's frame buffer is uninitialised, and
-    identical frames gave different bytes from process to process under load (measured at widths 64 and
-    320, earlier at 96; never at 128, 384 or 640).
-    """
-    if width % 128 or height % 4 or height < 16:
-        raise ValueError(f"video width must be a multiple of 128 and height a multiple of 4, got {width}x{height}")
-
-
-def yuv420p_frame(planes: list[np.ndarray], pts: int) -> av.VideoFrame:
-    """An FFmpeg yuv420p frame ([Y; U; V] rows of width w).
-
-    Handing FFmpeg rgb24 instead was measured to give different encoded bytes for identical
-    frames (swscale); building yuv420p here keeps the encoder's input bit-exact.
-    """
-    y, u, v = (np.clip(np.rint(p + offset), 0, 255).astype(np.uint8) for p, offset in zip(planes, _YUV_OFFSETS,
-                                                                                          strict=True))
-    width = y.shape[1]
-    frame = av.VideoFrame.from_ndarray(np.concatenate([y, u.reshape(-1, width), v.reshape(-1, width)]),
-                                       format="yuv420p")
-    frame.pts = pts
-    return frame
-
-
 def _room_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A dim, low-saturation indoor scene: smooth lighting, a few furniture-like blocks, a slight tint."""
     lighting = np.asarray(Image.fromarray(rng.uniform(60, 150, (6, 8)).astype(np.uint8)).resize(
@@ -264,11 +236,11 @@ def _render_video(rng: np.random.Generator, plan: _Plan, cfg: SynthConfig, path:
     sh, sw = sprite.shape
     walk_from, walk_to = rng.uniform(0, w - sw, 2)
     sprite_y = int(rng.uniform(0.1, 0.95) * (h - sh))
-    sprite_yuv = np.float32(rng.uniform(10, 50)) * _weighted_channels(np.ones(3, np.float32), _RGB_TO_YUV.T)  # grey
+    sprite_yuv = np.float32(rng.uniform(10, 50)) * weighted_channels(np.ones(3, np.float32), RGB_TO_YUV.T)  # grey
     box = int(rng.uniform(0.1, 0.3) * h)
     box_mask = np.ones((box, box), np.float32)
     box_rgb = (rng.uniform(30, 200) * rng.uniform(0.8, 1.2, 3)).astype(np.float32)  # a muted object
-    box_yuv = _weighted_channels(box_rgb, _RGB_TO_YUV.T)
+    box_yuv = weighted_channels(box_rgb, RGB_TO_YUV.T)
     box_from, box_to = rng.uniform(0, w - box, 2), rng.uniform(0, h - box, 2)
     flicker = 1.0 + 0.03 * _smooth_noise(rng, frames, 4)
     # A visible figure fades in around the event; faint when the event itself is weak.

@@ -31,24 +31,28 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from spectral.data import DEFAULT_MAX_LEFT_OUT_FRACTION, CachedShardDataModule, read_manifest
-from spectral.deps import files_digest
-from spectral.devices import lightning_precision
 from spectral.events import CLASS_NAMES
 from spectral.features.sensors import SENSOR_FEATURES
-from spectral.lifecycle import reclaim_sigterm
 from spectral.models.artifact import export_model
 from spectral.models.backbone import BackboneInfo, FrameEncoder, create_backbone
 from spectral.models.fusion import SpectralFusionModel
 from spectral.models.modalities import MODALITIES
-from spectral.posthoc import fit_posthoc
-from spectral.provenance import code_revision, params_digest
+from spectral.models.posthoc import fit_posthoc
+from spectral.runtime.deps import files_digest
+from spectral.runtime.devices import lightning_precision
+from spectral.runtime.lifecycle import reclaim_sigterm
+from spectral.runtime.params import build_config, check_choice
+from spectral.runtime.provenance import code_revision, params_digest
 
 log = logging.getLogger(__name__)
+CLASS_WEIGHTS = ("auto", "balanced", "none")
+LOGGERS = ("dvclive", "wandb", "none")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """train.* params; defaults match the spec and params.yaml."""
+    """train.* params and video.weights (the exported model holds the backbone); the defaults are params.yaml's
+    (tests/runtime/test_params.py)."""
 
     seed: int = 42
     max_epochs: int = 50
@@ -66,15 +70,20 @@ class TrainConfig:
     num_workers: int = 0
     logger: str = "dvclive"       # dvclive | wandb | none; a CSV log is always written
     # per modality, the weight of the event with that modality absent (its learned embedding) in the training
-    # loss; the rest, 1 - the sum, is the event as recorded (spectral.training.dropout_variants)
-    modality_dropout: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MODALITIES, 0.0))
+    # loss; the rest, 1 - the sum, is the event as recorded (spectral.stages.train.dropout_variants)
+    modality_dropout: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MODALITIES, 0.15))
     # what the LR schedule, early stopping and the checkpoint choice minimise: val_loss (all modalities)
     # or val_robust_loss (its mean with each modality in turn absent)
-    monitor: str = "val_loss"
+    monitor: str = "val_robust_loss"
     # weight of the per-branch auxiliary classifiers' loss (training only): each branch must classify alone
-    branch_loss: float = 0.0
+    branch_loss: float = 0.3
     # the events decode or sensors accepted that training (and evaluation) may fail to use: more fails the stage
     max_left_out_fraction: float = DEFAULT_MAX_LEFT_OUT_FRACTION
+    weights: str = "packaged"     # video.weights: the backbone's weights, as embed used them
+
+    @classmethod
+    def from_params(cls, params: dict) -> TrainConfig:
+        return build_config(cls, params, "train", elsewhere={"weights": "video.weights"})
 
     def __post_init__(self) -> None:
         rates = self.modality_dropout
@@ -84,8 +93,9 @@ class TrainConfig:
         if sum(rates.values()) >= 1.0:
             raise ValueError(f"train.modality_dropout rates must sum to less than 1 (the rest is the events as "
                              f"recorded), got {rates}")
-        if self.monitor not in ("val_loss", "val_robust_loss"):
-            raise ValueError(f"train.monitor must be val_loss or val_robust_loss, got {self.monitor!r}")
+        check_choice("train.monitor", self.monitor, ("val_loss", "val_robust_loss"))
+        check_choice("train.class_weights", self.class_weights, CLASS_WEIGHTS)
+        check_choice("train.logger", self.logger, LOGGERS)
 
 
 def without_modality(present: torch.Tensor, index: int) -> torch.Tensor:
@@ -206,7 +216,7 @@ class ValidationHistory(pl.Callback):
 
 
 class StageSigterm(pl.Callback):
-    """Keeps a stage's SIGTERM behaviour (spectral.lifecycle) once Lightning has installed its handlers."""
+    """Keeps a stage's SIGTERM behaviour (spectral.runtime.lifecycle) once Lightning has installed its handlers."""
 
     def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         reclaim_sigterm()
@@ -235,7 +245,7 @@ def _loggers(cfg: TrainConfig, out_dir: Path, dvclive_dir: Path) -> list:
     return loggers
 
 
-def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, weights: str,
+def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig,
           dvclive_dir: Path = Path("dvclive")) -> dict | None:
     """Fit, export `out_dir/model.pt` from the best checkpoint, return a summary (also train_summary.json).
 
@@ -247,10 +257,16 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
     if checkpoints.is_dir() and rank_zero_only.rank == 0:  # stale checkpoints must not compete for "best"
         shutil.rmtree(checkpoints)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(cfg.seed, workers=True)
     manifest = read_manifest(embed_dir)
     info = BackboneInfo(**{**manifest["backbone"], "mean": tuple(manifest["backbone"]["mean"]),
                            "std": tuple(manifest["backbone"]["std"])})
+    # before fitting, so a mismatch costs seconds, not a training run; before seeding, as building draws randoms
+    backbone, live_info = create_backbone(info.name, cfg.weights)
+    if live_info.weights_sha256 != info.weights_sha256:
+        raise RuntimeError(f"video.weights={cfg.weights!r} resolves to {live_info.weights} (sha256 "
+                           f"{live_info.weights_sha256}), but the embeddings were made with {info.weights} "
+                           f"(sha256 {info.weights_sha256}); rerun the embed stage")
+    pl.seed_everything(cfg.seed, workers=True)
     data = CachedShardDataModule(embed_dir, sensors_path, cfg.batch_size, cfg.num_workers, cfg.seed,
                                  cfg.max_left_out_fraction)
     data.setup("fit")
@@ -292,11 +308,6 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
     best = SpectralLightningModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu",
                                                         weights_only=True)
     posthoc = fit_posthoc(best.model, data.loader("train", ranks=(1, 0)), data.loader("val", ranks=(1, 0)))
-    backbone, live_info = create_backbone(info.name, weights)
-    if live_info.weights_sha256 != info.weights_sha256:
-        raise RuntimeError(f"video.weights={weights!r} resolves to {live_info.weights} (sha256 "
-                           f"{live_info.weights_sha256}), but the embeddings were made with {info.weights} "
-                           f"(sha256 {info.weights_sha256}); rerun the embed stage")
     config = {
         "backbone": info.to_dict(),
         "embedding_precision": manifest["precision"],
@@ -316,7 +327,7 @@ def train(embed_dir: Path, sensors_path: Path, out_dir: Path, cfg: TrainConfig, 
                                                *(Path(embed_dir) / file for file in manifest["index"])],
                                               Path(embed_dir)),
             "sensors_sha256": files_digest([Path(sensors_path)], Path(sensors_path).parent),
-            "params_sha256": params_digest({"train": asdict(cfg), "video.weights": weights}),
+            "params_sha256": params_digest({"train": asdict(cfg)}),
         },
     }
     size = export_model(best.model, FrameEncoder(backbone, info), config, out_dir / "model.pt")

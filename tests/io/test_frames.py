@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from skimage import data as skimage_data
 
-from spectral.frames import encode_frames, h264_lossless, load_frames, stored_frames
+from spectral.io.frames import encode_frames, h264_lossless, load_frames, stored_frames
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_h264_bytes_do_not_depend_on_the_cpu_paths(photos):
 
 def test_jpeg_bytes_do_not_depend_on_the_cpu_paths(photos):
     """libjpeg-turbo with SIMD disabled (JSIMD_FORCENONE) must write the same bytes."""
-    code = ("import sys, hashlib, numpy as np; from spectral.frames import encode_frames; "
+    code = ("import sys, hashlib, numpy as np; from spectral.io.frames import encode_frames; "
             "f = np.load(sys.argv[1]); m = encode_frames(f, 'jpeg', 95); "
             "print(hashlib.sha256(b''.join(m[k] for k in sorted(m))).hexdigest())")
     path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"photos-{os.getpid()}.npy")

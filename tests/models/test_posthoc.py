@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from spectral.models.calibration import MAX_LABEL_NOISE, calibrated_probabilities
 from spectral.models.fusion import SpectralFusionModel
 from spectral.models.modalities import describe, presence_patterns
-from spectral.posthoc import (
+from spectral.models.posthoc import (
     BIAS_RIDGE,
     branch_outputs,
     fit_calibration,

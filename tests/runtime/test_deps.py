@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import shutil
@@ -12,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spectral.deps import code_digest, expand, import_closure, require_declared, rewrite_dvc_yaml, semantic_text
+from spectral.runtime.deps import code_digest, expand, import_closure, require_declared, rewrite_dvc_yaml, semantic_text
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 STAGES = yaml.safe_load((PROJECT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
 
 
@@ -26,7 +27,7 @@ def test_stage_code_deps_are_exactly_the_import_closure(stage):
     closure = import_closure(Path(script), PROJECT)
     missing, extra = sorted(set(closure) - set(listed)), sorted(set(listed) - set(closure))
     assert not missing and not extra, (f"{stage}: dvc.yaml misses {missing}, lists in excess {extra}; "
-                                       f"`python -m spectral.deps {script}` prints the closure")
+                                       f"`python -m spectral.runtime.deps {script}` prints the closure")
 
 
 def test_closure_follows_imports_inside_functions_and_packages(tmp_path):
@@ -54,7 +55,7 @@ def test_make_deps_leaves_the_committed_dvc_yaml_unchanged():
     text = (PROJECT / "dvc.yaml").read_text(encoding="utf-8")
     assert rewrite_dvc_yaml(text, PROJECT) == text
     extra = "      - pipeline/embed.py\n      - spectral/x.py\n"
-    stale = text.replace("      - spectral/shards.py\n", "", 1).replace("      - pipeline/embed.py\n", extra)
+    stale = text.replace("      - spectral/runtime/shards.py\n", "", 1).replace("      - pipeline/embed.py\n", extra)
     assert rewrite_dvc_yaml(stale, PROJECT) == text
 
 
@@ -118,7 +119,7 @@ def interpreters() -> dict[str, str]:
 SEMANTIC_DIGESTS = """
 import hashlib, importlib.util, json, sys
 from pathlib import Path
-spec = importlib.util.spec_from_file_location("deps", "spectral/deps.py")
+spec = importlib.util.spec_from_file_location("deps", "spectral/runtime/deps.py")
 deps = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(deps)
 portable = hashlib.sha256(deps.semantic_text(sys.stdin.read()).encode()).hexdigest()
@@ -154,3 +155,18 @@ def test_a_file_named_by_a_param_must_lie_under_a_declared_dep(tmp_path):
         require_declared("/elsewhere/b0.pth", "video.weights", "embed", "data/weights", tmp_path / "dvc.yaml")
     with pytest.raises(KeyError, match="no stage 'train'"):
         require_declared("x", "video.weights", "train", "data/weights", tmp_path / "dvc.yaml")
+
+
+def test_only_the_cli_and_the_stages_import_a_stage():
+    """Library code sits below the stages (spectral/stages/__init__.py): a stage imported from a library
+    module would make every stage using that module re-run when the imported stage is edited."""
+    offenders = {}
+    for path in sorted((PROJECT / "spectral").rglob("*.py")):
+        rel = path.relative_to(PROJECT)
+        if rel.parts[1] == "stages" or rel == Path("spectral/cli.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders.update({f"{rel}: {n}": True for n in names if n.startswith("spectral.stages")})
+    assert not offenders, sorted(offenders)

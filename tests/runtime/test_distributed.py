@@ -22,11 +22,13 @@ import pytest
 import yaml
 from conftest import TINY_SYNTH
 
-from spectral.distributed import assign_by_size
-from spectral.reuse import output_files
-from spectral.synth import generate
+from spectral.runtime.distributed import assign_by_size
+from spectral.runtime.reuse import output_files
+from spectral.stages.synth import generate
 
-PROJECT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+PROJECT = Path(__file__).resolve().parents[2]
 SMALL = {"video": {"num_frames": 2, "size": 64},
          "decode": {"shard_events": 2, "max_shard_events": 4, "workers": 1},
          "embed": {"batch_frames": 6, "num_workers": 0, "cpu_threads": 1}}  # 3 ranks on 2 cores

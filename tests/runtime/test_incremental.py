@@ -15,16 +15,17 @@ from pathlib import Path
 import pytest
 from media import make_event, write_tone
 
-from spectral.decode import DecodeConfig, run_decode
-from spectral.embed import EmbedConfig, run_embed
 from spectral.events import StrictModeError
-from spectral.features.table import run_sensors
-from spectral.incremental import CLEAN_RUN_ENV, plan_shards
-from spectral.reuse import output_files
+from spectral.runtime.incremental import CLEAN_RUN_ENV, plan_shards
+from spectral.runtime.reuse import output_files
+from spectral.stages.decode import DecodeConfig, run_decode
+from spectral.stages.embed import EmbedConfig, run_embed
+from spectral.stages.sensors import run_sensors
 
 SPLITS = {"train": 0.6, "val": 0.2, "test": 0.2}
-CFG = DecodeConfig(num_frames=2, size=32, workers=1, splits=SPLITS, shard_events=3, max_shard_events=6)
-REPO = Path(__file__).resolve().parents[1]
+CFG = DecodeConfig(num_frames=2, size=32, audio_seconds=5.0, workers=1, missing_modality="reject", splits=SPLITS,
+                   shard_events=3, max_shard_events=6)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def digests(directory: Path) -> dict[str, str]:
@@ -141,7 +142,7 @@ def test_embed_reuses_unchanged_shards_and_matches_a_clean_run(archive, tmp_path
 KILLED_RUN = """
 import sys
 from pathlib import Path
-from spectral.decode import DecodeConfig, run_decode
+from spectral.stages.decode import DecodeConfig, run_decode
 if __name__ == "__main__":
     cfg = DecodeConfig(num_frames=2, size=32, workers=1, splits={splits!r}, shard_events=3, max_shard_events=6)
     run_decode(Path(sys.argv[1]), Path(sys.argv[2]), cfg)

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from spectral.keys import event_name, sample_key
+from spectral.runtime.keys import event_name, sample_key
 
 NAMES = ["event_00001", "event_2026.11.27_porão", "event_sala de estar", "event_50%.v2", "event_%2E", "event_日本.",
          "event_..", "event_a%25b"]

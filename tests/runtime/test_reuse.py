@@ -12,18 +12,19 @@ from pathlib import Path
 import pytest
 from media import make_event
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from faults import flip_byte, truncate_at_member_boundary  # noqa: E402 - the bench's fault injectors, one copy
 
-import spectral.reuse
+import spectral.runtime.reuse
 from spectral.data import CachedShardDataModule
-from spectral.decode import DecodeConfig, run_decode
-from spectral.embed import EmbedConfig, run_embed
-from spectral.features.table import run_sensors
-from spectral.reuse import STAMPS, Verifier, file_record, key_changes, output_files
+from spectral.runtime.reuse import STAMPS, Verifier, file_record, key_changes, output_files
+from spectral.stages.decode import DecodeConfig, run_decode
+from spectral.stages.embed import EmbedConfig, run_embed
+from spectral.stages.sensors import run_sensors
 
 SPLITS = {"train": 0.6, "val": 0.2, "test": 0.2}
-CFG = DecodeConfig(num_frames=2, size=32, workers=1, splits=SPLITS, shard_events=3, max_shard_events=6)
+CFG = DecodeConfig(num_frames=2, size=32, audio_seconds=5.0, workers=1, missing_modality="reject", splits=SPLITS,
+                   shard_events=3, max_shard_events=6)
 EMBED = EmbedConfig(batch_frames=3, num_workers=0)
 
 
@@ -62,7 +63,7 @@ def test_the_verifier_reads_a_file_again_only_when_its_stat_changed(tmp_path, mo
     stamped = Verifier.open(tmp_path)
     assert stamped.stamps == verifier.stamps and (tmp_path / STAMPS).is_file()
     reads = []
-    monkeypatch.setattr(spectral.reuse, "file_record", lambda p: reads.append(p) or file_record(p))
+    monkeypatch.setattr(spectral.runtime.reuse, "file_record", lambda p: reads.append(p) or file_record(p))
     assert stamped.problem("a.tar", record) is None and reads == []  # untouched: one stat, no read
     flip_byte(path)  # the stamp's ctime differs: the content is read and found to differ
     assert "content differs" in stamped.problem("a.tar", record)
@@ -189,8 +190,9 @@ def test_verify_reads_every_listed_shard_and_names_the_damaged_ones(clean, tmp_p
 
 def upgrade(monkeypatch, distribution: str) -> str:
     """Pretend `distribution` was upgraded to 99.0 (what a pin change records); returns the real version."""
-    real = spectral.reuse.metadata.version
-    monkeypatch.setattr(spectral.reuse.metadata, "version", lambda name: "99.0" if name == distribution else real(name))
+    real = spectral.runtime.reuse.metadata.version
+    monkeypatch.setattr(spectral.runtime.reuse.metadata, "version",
+                        lambda name: "99.0" if name == distribution else real(name))
     return real(distribution)
 
 
@@ -237,7 +239,7 @@ def test_key_changes_name_what_differs_for_a_person():
 EMBED_ELSEWHERE = """
 import json, sys
 from pathlib import Path
-from spectral.embed import EmbedConfig, run_embed
+from spectral.stages.embed import EmbedConfig, run_embed
 config = EmbedConfig(batch_frames=3, num_workers=0, reuse=sys.argv[3])
 print(json.dumps(run_embed(Path(sys.argv[1]), Path(sys.argv[2]), config)["throughput"]["reuse"]))
 """

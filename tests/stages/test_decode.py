@@ -14,19 +14,19 @@ import numpy as np
 import pytest
 from media import frame_index, make_event
 
-import spectral.decode
-from spectral.decode import DecodeConfig, run_decode
+import spectral.stages.decode
 from spectral.events import MachineFailure, StrictModeError, TooManyRejectionsError
-from spectral.features.table import run_sensors
-from spectral.frames import load_frames, stored_frames
+from spectral.io.frames import load_frames, stored_frames
 from spectral.io.video import sample_indices
-from spectral.keys import event_name
-from spectral.reuse import output_files
-from spectral.shards import raw_samples, read_samples, shard_paths
+from spectral.runtime.keys import event_name
+from spectral.runtime.reuse import output_files
+from spectral.runtime.shards import raw_samples, read_samples, shard_paths
+from spectral.stages.decode import DecodeConfig, run_decode
+from spectral.stages.sensors import run_sensors
 
 # the messy fixture is mostly bad events on purpose, so it lifts the rejection limit
-CFG = DecodeConfig(num_frames=4, size=32, workers=1, splits={"train": 0.5, "val": 0.25, "test": 0.25},
-                   max_rejected_fraction=1.0, frame_format="npy")
+CFG = DecodeConfig(num_frames=4, size=32, audio_seconds=5.0, workers=1, missing_modality="reject",
+                   splits={"train": 0.5, "val": 0.25, "test": 0.25}, max_rejected_fraction=1.0, frame_format="npy")
 DECODABLE = ["event_badlabel", *(f"event_ok{i}" for i in range(4)), "event_unlabeled"]  # decode reads no labels
 @pytest.fixture
 def messy_events(tmp_path):
@@ -214,7 +214,7 @@ def test_a_folder_name_that_is_not_utf8_is_rejected_not_fatal(tmp_path):
     it must become one rejection with a printable name, not a crash of the whole run."""
     import os
 
-    from spectral.features.table import run_sensors
+    from spectral.stages.sensors import run_sensors
 
     make_event(tmp_path / "events", "event_ok")
     latin = make_event(tmp_path / "events", "event_latin")
@@ -250,7 +250,7 @@ def test_a_backend_that_cannot_be_imported_fails_before_any_event(six_events, tm
 
 def test_an_io_error_is_retried_once_and_a_second_one_fails_the_stage_recording_nothing(six_events, tmp_path,
                                                                                          monkeypatch):
-    real_load_video, calls = spectral.decode.load_video, []
+    real_load_video, calls = spectral.stages.decode.load_video, []
 
     def flaky(path, *args, failures=1):
         calls.append(path)
@@ -258,14 +258,14 @@ def test_an_io_error_is_retried_once_and_a_second_one_fails_the_stage_recording_
             raise OSError(errno.EIO, "Input/output error")
         return real_load_video(path, *args)
 
-    monkeypatch.setattr(spectral.decode, "load_video", flaky)
+    monkeypatch.setattr(spectral.stages.decode, "load_video", flaky)
     report = run_decode(six_events, tmp_path / "once", KEEP)
     assert report["incomplete"] == {} and report["accepted_count"] == 6
     clean = run_decode(six_events, tmp_path / "clean", KEEP)
     assert digest(tmp_path / "once") == digest(tmp_path / "clean") and clean["rejected"] == []
 
     calls.clear()
-    monkeypatch.setattr(spectral.decode, "load_video", lambda path, *args: flaky(path, *args, failures=2))
+    monkeypatch.setattr(spectral.stages.decode, "load_video", lambda path, *args: flaky(path, *args, failures=2))
     with pytest.raises(MachineFailure, match=r"decode: event_03 failed twice with OSError: \[Errno 5\]"):
         run_decode(six_events, tmp_path / "twice", KEEP)
     index = json.loads((tmp_path / "twice" / "report.json").read_text())
@@ -288,7 +288,7 @@ DECODE_SCRIPT = """
 import sys
 from dataclasses import replace
 from pathlib import Path
-from spectral.decode import DecodeConfig, run_decode
+from spectral.stages.decode import DecodeConfig, run_decode
 if __name__ == "__main__":
     cfg = DecodeConfig(num_frames=4, size=32, workers=1, splits={"train": 1.0, "val": 0.0, "test": 0.0},
                        missing_modality="keep", frame_format="npy")
@@ -303,7 +303,7 @@ def test_a_fifo_or_a_link_to_a_device_as_media_is_refused_without_being_read(six
     os.symlink("/dev/zero", six_events / "event_02" / "audio.wav")  # read, it never ends
     script = tmp_path / "decode.py"
     script.write_text(DECODE_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     subprocess.run([sys.executable, str(script), str(six_events), str(tmp_path / "out")], env=env, check=True,
                    timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -347,14 +347,14 @@ def test_dvc_add_with_symlink_cache_keeps_every_recording(six_events, tmp_path):
 
 
 def test_an_event_past_its_time_budget_is_retried_then_stops_the_stage(six_events, tmp_path, monkeypatch):
-    real_load_video = spectral.decode.load_video
+    real_load_video = spectral.stages.decode.load_video
 
     def hung(path, *args):
         if "event_02" in path:
             time.sleep(30)
         return real_load_video(path, *args)
 
-    monkeypatch.setattr(spectral.decode, "load_video", hung)
+    monkeypatch.setattr(spectral.stages.decode, "load_video", hung)
     started = time.monotonic()
     with pytest.raises(MachineFailure, match=r"event_02 failed twice with EventTimeout: decoding event_02 took "
                                              r"longer than its 0.5 s time budget"):

@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 from skimage import data as skimage_data
 
-from spectral.decode import DecodeConfig, run_decode
-from spectral.embed import EmbedConfig, build_encoder, embed_stream, encode_frames, run_embed
-from spectral.frames import load_frames
+from spectral.io.frames import load_frames
 from spectral.models.backbone import _load_packaged, create_backbone, packaged_weights_path, rebuild_frame_encoder
 from spectral.models.fusion import VideoBranch
-from spectral.shards import read_samples, shard_paths
+from spectral.runtime.shards import read_samples, shard_paths
+from spectral.stages.decode import DecodeConfig, run_decode
+from spectral.stages.embed import EmbedConfig, build_encoder, embed_stream, encode_frames, run_embed
 
 ESPRESSO, COFFEE_MUG, CUP = 967, 504, 968
 

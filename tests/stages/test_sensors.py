@@ -5,10 +5,10 @@ import json
 import polars as pl
 import pytest
 
-import spectral.features.table
+import spectral.stages.sensors
 from spectral.events import MachineFailure, StrictModeError, TooManyRejectionsError
 from spectral.features.sensors import SENSOR_FEATURES
-from spectral.features.table import run_sensors
+from spectral.stages.sensors import run_sensors
 
 SPLITS = {"train": 0.6, "val": 0.2, "test": 0.2}
 
@@ -70,7 +70,7 @@ def test_rejection_limit_fails_after_the_report_and_an_empty_folder_fails(tiny_e
 
 def test_a_machine_failure_reading_sensors_stops_the_stage_instead_of_rejecting(tiny_events, tmp_path, monkeypatch):
     """An I/O error says nothing about the file: retried once, then the stage fails naming the event."""
-    real, calls = spectral.features.table.sensor_features, []
+    real, calls = spectral.stages.sensors.sensor_features, []
     target = sorted(tiny_events.iterdir())[2]
 
     def failing(path, times):
@@ -79,13 +79,13 @@ def test_a_machine_failure_reading_sensors_stops_the_stage_instead_of_rejecting(
             raise OSError(errno.EIO, "Input/output error")
         return real(path)
 
-    monkeypatch.setattr(spectral.features.table, "sensor_features", lambda path: failing(path, 1))
+    monkeypatch.setattr(spectral.stages.sensors, "sensor_features", lambda path: failing(path, 1))
     assert run_sensors(tiny_events, tmp_path / "once.parquet", SPLITS)["rejected"] == []
-    monkeypatch.setattr(spectral.features.table, "sensor_features", real)
+    monkeypatch.setattr(spectral.stages.sensors, "sensor_features", real)
     run_sensors(tiny_events, tmp_path / "clean.parquet", SPLITS)
     assert (tmp_path / "once.parquet").read_bytes() == (tmp_path / "clean.parquet").read_bytes()
     calls.clear()
-    monkeypatch.setattr(spectral.features.table, "sensor_features", lambda path: failing(path, 2))
+    monkeypatch.setattr(spectral.stages.sensors, "sensor_features", lambda path: failing(path, 2))
     with pytest.raises(MachineFailure, match=f"sensors: {target.name} failed twice with OSError"):
         run_sensors(tiny_events, tmp_path / "twice.parquet", SPLITS)
     assert not (tmp_path / "twice.parquet").exists() and not (tmp_path / "twice.parquet.tmp").exists()

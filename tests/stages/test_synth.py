@@ -9,7 +9,7 @@ import soundfile as sf
 
 from spectral.events import CLASS_NAMES, load_event
 from spectral.features.sensors import SENSOR_FEATURES, sensor_features
-from spectral.synth import SynthConfig, generate
+from spectral.stages.synth import SynthConfig, generate
 
 
 def tree_digest(root):
@@ -69,7 +69,7 @@ def test_video_sizes_that_break_bit_exact_encoding_are_refused():
 
 
 def test_the_ood_sets_writer_refuses_them_too(tmp_path):
-    from spectral.oodset import _write_video
+    from spectral.stages.ood import _write_video
 
     with pytest.raises(ValueError, match="multiple of 128"):
         _write_video(tmp_path / "video.mp4", [np.zeros((240, 320, 3), np.uint8)] * 2, 30)

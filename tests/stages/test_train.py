@@ -19,31 +19,31 @@ from torch import nn
 from torchmetrics.classification import MulticlassF1Score
 
 import spectral.inference
-import spectral.training
+import spectral.stages.train
 from spectral.data import CachedShardDataModule
-from spectral.decode import DecodeConfig, run_decode
-from spectral.embed import EmbedConfig, run_embed
-from spectral.evaluation import bootstrap_intervals, classification_metrics, evaluate
 from spectral.events import MachineFailure
 from spectral.features.sensors import SENSOR_FEATURES
-from spectral.features.table import run_sensors
-from spectral.frames import load_frames
 from spectral.inference import Predictor
 from spectral.io.audio import from_pcm16
-from spectral.keys import event_name
+from spectral.io.frames import load_frames
 from spectral.models.artifact import load_model
 from spectral.models.modalities import describe, presence_patterns
-from spectral.shards import read_samples, shard_paths
-from spectral.training import SpectralLightningModule, TrainConfig, inverse_frequency_weights, train
+from spectral.runtime.keys import event_name
+from spectral.runtime.shards import read_samples, shard_paths
+from spectral.stages.decode import DecodeConfig, run_decode
+from spectral.stages.embed import EmbedConfig, run_embed
+from spectral.stages.evaluate import bootstrap_intervals, classification_metrics, evaluate
+from spectral.stages.sensors import run_sensors
+from spectral.stages.train import SpectralLightningModule, TrainConfig, inverse_frequency_weights, train
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def trained(embedded, sensor_table, tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
     cfg = TrainConfig(max_epochs=4, batch_size=4, precision="32-true", early_stopping_patience=10)
-    summary = train(embedded, sensor_table, out, cfg, weights="packaged", dvclive_dir=out / "dvclive")
+    summary = train(embedded, sensor_table, out, cfg, dvclive_dir=out / "dvclive")
     return out, summary
 
 
@@ -95,9 +95,9 @@ def test_exported_model_gives_the_best_checkpoints_logits(trained, embedded, sen
     provenance = config["provenance"]
     assert len(provenance["embeddings_sha256"]) == 64 and len(provenance["sensors_sha256"]) == 64
     assert len(provenance["code"]["code_sha256"]) == 64 and provenance == summary["provenance"]
-    training_py = Path(spectral.training.__file__)
+    training_py = Path(spectral.stages.train.__file__)
     git_blob = subprocess.run(["git", "hash-object", str(training_py)], capture_output=True, text=True).stdout.strip()
-    assert provenance["code"]["git_blobs"]["spectral/training.py"] == git_blob
+    assert provenance["code"]["git_blobs"]["spectral/stages/train.py"] == git_blob
     assert config["train_precision"] == "32-true"
 
 
@@ -414,13 +414,13 @@ def test_predict_classifies_events_with_missing_modalities_and_says_which(traine
 
 def test_modality_dropout_is_the_expectation_over_one_absent_modality():
     present = torch.tensor([[True, True, True], [True, False, False]])  # the second event has only video
-    variants = spectral.training.dropout_variants(present, torch.tensor([0.2, 0.1, 0.3]))
+    variants = spectral.stages.train.dropout_variants(present, torch.tensor([0.2, 0.1, 0.3]))
     assert [w for w, _ in variants] == pytest.approx([0.4, 0.2, 0.1, 0.3])
     masks = [m.tolist() for _, m in variants]
     assert masks[0] == present.tolist()
     assert masks[1] == [[False, True, True], [True, False, False]]  # never left without any modality
     assert masks[3] == [[True, True, False], [True, False, False]]
-    assert len(spectral.training.dropout_variants(present, torch.tensor([0.0, 0.2, 0.0]))) == 2
+    assert len(spectral.stages.train.dropout_variants(present, torch.tensor([0.0, 0.2, 0.0]))) == 2
     with pytest.raises(ValueError, match="sum to less than 1"):
         TrainConfig(modality_dropout={"video": 0.5, "audio": 0.4, "sensors": 0.1})
     with pytest.raises(ValueError, match="modality_dropout"):
@@ -464,7 +464,7 @@ def test_branch_heads_add_each_branchs_own_loss_on_the_events_that_have_it():
 
 
 def test_evaluate_scores_an_ood_set_and_writes_the_headline(trained, embedded, sensor_table, tmp_path):
-    from spectral.oodset import generate_ood
+    from spectral.stages.ood import generate_ood
 
     out, _ = trained
     ood_dir = tmp_path / "ood"
@@ -488,7 +488,7 @@ def test_calibration_benchmark_scores_each_choice_against_recorded_and_true_clas
                                                                                   tiny_events, monkeypatch):
     """bench/calibration.py's per-seed measurement on the tiny model: the three calibrations fitted on
     validation, scored on test against the recorded labels and the generator's true classes."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
     from calibration import CALIBRATIONS, measure_seed
 
     out, _ = trained
@@ -508,7 +508,7 @@ def test_modality_dropout_benchmark_compares_the_candidate_with_each_trained_bas
     for the candidate and each baseline, drops consistent with the rows, the verdict intervals present."""
     from dataclasses import asdict
 
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
     from modality_dropout import BASELINES, measure
 
     out, _ = trained
@@ -531,7 +531,7 @@ def test_modality_dropout_benchmark_compares_the_candidate_with_each_trained_bas
 
 
 def test_flipped_label_ranks_known_answer(monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
     from calibration import flipped_label_ranks
 
     logits = np.array([[5.0, 0.0], [1.0, 0.0], [3.0, 0.0], [0.1, 0.0]])  # confidence order: 0, 2, 1, 3
@@ -540,7 +540,7 @@ def test_flipped_label_ranks_known_answer(monkeypatch):
 
 
 def test_auroc_and_calibration_known_answers():
-    from spectral.evaluation import auroc, bootstrap_draws, calibration_table
+    from spectral.stages.evaluate import auroc, bootstrap_draws, calibration_table
 
     assert auroc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
     assert auroc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 0.0
@@ -605,7 +605,7 @@ def test_events_kept_without_a_modality_reach_training_masked(tiny_events, tmp_p
         return torch_load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", recording_load)
-    summary = train(embedded, table, tmp_path / "model", cfg, weights="packaged", dvclive_dir=tmp_path / "live")
+    summary = train(embedded, table, tmp_path / "model", cfg, dvclive_dir=tmp_path / "live")
     assert loads and set(loads) == {True}  # the best checkpoint, a pickle, is read without running code
     counts = summary["missing_modalities"]
     assert sum(counts[split][m] for split in counts for m in counts[split]) == 3
