@@ -154,7 +154,7 @@ class Project:
 
 def make_reference(root: Path, events: int, timeout: float) -> Project:
     root.mkdir(parents=True)
-    for item in ("dvc.yaml", "params.yaml", "pipeline", "spectral", ".gitignore", ".dvcignore"):
+    for item in ("dvc.yaml", "params.yaml", "pipeline", "spectral", "data/weights", ".gitignore", ".dvcignore"):
         source = PROJECT / item
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / item)
     project = Project(root, timeout)

@@ -111,8 +111,8 @@ def test_full_repro_produces_every_output(repo):
     assert "accuracy" in dvc(repo, "metrics", "show")
     report = spectral_cli(repo, "report", "metrics/evaluate.json")
     assert "macro-F1" in report and "out-of-distribution" in report and "temperature" in report
-    lines = spectral_cli(repo, "predict", "data/demo_events/event_00000", "--model", "models/model.pt").splitlines()
-    result = json.loads(lines[-1])
+    output = spectral_cli(repo, "predict", "data/demo_events/event_00000")  # --model: models/model.pt
+    (result,) = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     assert result["event"] == "event_00000" and result["class"] in result["probabilities"]
     assert result["missing"] == [] and "in_distribution" in result
     # README, "Trusting a prediction": the OOD flag measured on folders of your own
@@ -123,6 +123,18 @@ def test_full_repro_produces_every_output(repo):
     shutil.rmtree(repo / "own_ood")
     shutil.rmtree(repo / "own_ood_plots")
     (repo / "own_ood.json").unlink()
+
+
+def test_a_stage_command_with_no_flags_makes_the_stage_bytes(repo, tmp_path):
+    """`spectral decode` and `spectral train` read params.yaml as their stages do: the same shards, the same model
+    (train run from another folder, so its DVCLive files land there, with --params naming the project's file)."""
+    spectral_cli(repo, "decode", "data/demo_events", str(tmp_path / "decoded"))
+    stage = {p.name: p.read_bytes() for p in (repo / "data" / "decoded").glob("*.tar")}
+    assert stage and {p.name: p.read_bytes() for p in (tmp_path / "decoded").glob("*.tar")} == stage
+    run([str(Path(sys.executable).parent / "spectral"), "train", str(repo / "data" / "embeddings"),
+         str(repo / "data" / "sensors.parquet"), str(tmp_path / "models"), "--params", str(repo / "params.yaml")],
+        tmp_path, {"PYTHONPATH": str(repo)})
+    assert (tmp_path / "models" / "model.pt").read_bytes() == (repo / "models" / "model.pt").read_bytes()
 
 
 def test_editing_code_used_only_downstream_reruns_the_stages_that_run_it(repo):

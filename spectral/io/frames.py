@@ -6,9 +6,9 @@ pinned PyAV: the model sees exactly the decoded pixels (no embedding drift at al
 consecutive frames compress against each other — measured 9.6x smaller than raw on 150-frame
 synth events. One encoder thread and fixed options make
 its bytes reproducible; x264's own C paths give the same bytes as its SIMD ones
-(tests/test_frames.py). `jpeg` (libjpeg-turbo in the pinned Pillow, integer DCT) is ~6x
+(tests/io/test_frames.py). `jpeg` (libjpeg-turbo in the pinned Pillow, integer DCT) is ~6x
 smaller per frame on real footage but lossy, and measured EfficientNet embeddings move more
-under q95 JPEG than under bf16 (README). Whatever reads frames for the model — the embed
+under q95 JPEG than under bf16 (bench/README.md). Whatever reads frames for the model — the embed
 stage from shards, `spectral predict` from a video — goes through `stored_frames` /
 `load_frames`, so training and serving see the same pixels.
 """

@@ -29,7 +29,7 @@ MIN_VALIDATION_EVENTS = 100  # below this the temperature and the 95 % threshold
 TEMPERATURE_RANGE, LABEL_NOISE_RANGE = (0.05, 20.0), (1e-4, MAX_LABEL_NOISE)
 COARSE_STEPS, FINE_STEPS = 200, 20
 # the class-bias ridge, on mean NLL: at 0.01 the demo's biases stay within ±0.8 logit while a collapsed
-# pattern's boundary moves back (README "Trusting a prediction"); a pattern with fewer validation events
+# pattern's boundary moves back (docs/trusting-a-prediction.md); a pattern with fewer validation events
 # than MIN_BIAS_EVENTS gets no bias
 BIAS_RIDGE, MIN_BIAS_EVENTS = 0.01, 20
 

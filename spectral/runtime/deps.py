@@ -2,7 +2,7 @@
 
 DVC re-runs a stage only when one of its listed deps changes, so a library module missing
 from a stage's deps leaves its outputs stale when that module is edited. Listing deps by
-hand drifts; this closure is what `tests/test_deps.py` holds `dvc.yaml` to, and what a
+hand drifts; this closure is what `tests/runtime/test_deps.py` holds `dvc.yaml` to, and what a
 stage hashes as "its code" (`code_digest`) in its reuse keys.
 
 `code_digest` hashes what the code does, not its bytes: each file's syntax tree without
@@ -20,6 +20,11 @@ import re
 from pathlib import Path
 
 PACKAGE = "spectral"
+
+
+def project_root(module: Path) -> Path:
+    """The folder holding the `spectral` package `module` belongs to: what closures and blob paths are relative to."""
+    return next(folder.parent for folder in Path(module).resolve().parents if folder.name == PACKAGE)
 
 
 def _module_file(root: Path, module: str) -> Path | None:
@@ -194,7 +199,7 @@ def rewrite_dvc_yaml(text: str, root: Path = Path(".")) -> str:
 
 def stage_deps(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
     """The deps `dvc.yaml` declares for a stage, as written (paths relative to the project)."""
-    import yaml  # here, so the code-key functions above run on a bare interpreter (tests/test_deps.py)
+    import yaml  # here, so the code-key functions above run on a bare interpreter (tests/runtime/test_deps.py)
 
     stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
     if stage not in stages:

@@ -23,7 +23,7 @@ import stat
 from pathlib import Path
 
 from spectral.events import LINK_OUTSIDE, links_outside, special_file
-from spectral.runtime.deps import code_digest
+from spectral.runtime.deps import code_digest, project_root
 
 CLEAN_RUN_ENV = "SPECTRAL_CLEAN_RUN"
 _BOUNDARY_SALT = b"spectral-shard-boundary\0"  # independent of the split hash (spectral.runtime.splits)
@@ -74,7 +74,7 @@ def module_code_digest(module_file: str | Path) -> str:
     """sha256 of what a `spectral` module's import closure does (spectral.runtime.deps.code_digest): the stage code a
     result depends on, its comments and docstrings aside."""
     module_file = Path(module_file).resolve()
-    root = next(p.parent for p in module_file.parents if p.name == "spectral")
+    root = project_root(module_file)
     return code_digest(module_file.relative_to(root), root)
 
 

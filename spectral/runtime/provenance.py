@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from spectral.runtime.deps import code_digest, import_closure
+from spectral.runtime.deps import code_digest, import_closure, project_root
 
 
 def git_blob_id(data: bytes) -> str:
@@ -28,7 +28,7 @@ def code_revision(module: Path) -> dict:
     --find-object=<blob>` finds the commits that hold a file in that exact state, and a blob no
     commit holds means the model was trained from uncommitted code.
     """
-    root = Path(module).resolve().parents[1]
+    root = project_root(module)
     files = import_closure(Path(module).resolve().relative_to(root), root)
     return {"code_sha256": code_digest(Path(module).resolve().relative_to(root), root),
             "git_blobs": {path: git_blob_id((root / path).read_bytes()) for path in files}}

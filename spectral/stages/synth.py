@@ -1,7 +1,7 @@
 """Synthetic event folders that look like what the phone app records, for demos and tests.
 
 Each class leaves a signature in more than one modality, and no single modality
-separates all four classes (see README, "Class signatures"), so a model only reaches
+separates all four classes (docs/models.md, "Class signatures"), so a model only reaches
 the spec's targets by fusing them. `difficulty` scales noise against signal and
 `label_noise` flips a few labels, so the demo is learnable but not trivially perfect.
 Every event draws from its own seeded generator, so output is byte-identical for a

@@ -65,7 +65,7 @@ def test_code_digest_ignores_docstrings_comments_and_layout_and_sees_every_seman
     shutil.copytree(PROJECT / "spectral", tmp_path / "spectral", ignore=shutil.ignore_patterns("__pycache__"))
     events = tmp_path / "spectral" / "events.py"
     source = events.read_text(encoding="utf-8")
-    keys = {stage: code_digest(Path(f"spectral/{stage}.py"), tmp_path) for stage in ("decode", "features/table")}
+    keys = {stage: code_digest(Path(f"spectral/{stage}.py"), tmp_path) for stage in ("stages/decode", "stages/sensors")}
     documented = source.replace('"""', '"""Edited docs. ', 1).replace("\n\n\ndef ", "\n\n\n\n# a comment\ndef ")
     assert documented.count("# a comment") > 3
     events.write_text(documented, encoding="utf-8")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from media import frame_index, make_event
 
-import spectral.stages.decode
+import spectral.io.event
 from spectral.events import MachineFailure, StrictModeError, TooManyRejectionsError
 from spectral.io.frames import load_frames, stored_frames
 from spectral.io.video import sample_indices
@@ -250,7 +250,7 @@ def test_a_backend_that_cannot_be_imported_fails_before_any_event(six_events, tm
 
 def test_an_io_error_is_retried_once_and_a_second_one_fails_the_stage_recording_nothing(six_events, tmp_path,
                                                                                          monkeypatch):
-    real_load_video, calls = spectral.stages.decode.load_video, []
+    real_load_video, calls = spectral.io.event.load_video, []
 
     def flaky(path, *args, failures=1):
         calls.append(path)
@@ -258,14 +258,14 @@ def test_an_io_error_is_retried_once_and_a_second_one_fails_the_stage_recording_
             raise OSError(errno.EIO, "Input/output error")
         return real_load_video(path, *args)
 
-    monkeypatch.setattr(spectral.stages.decode, "load_video", flaky)
+    monkeypatch.setattr(spectral.io.event, "load_video", flaky)
     report = run_decode(six_events, tmp_path / "once", KEEP)
     assert report["incomplete"] == {} and report["accepted_count"] == 6
     clean = run_decode(six_events, tmp_path / "clean", KEEP)
     assert digest(tmp_path / "once") == digest(tmp_path / "clean") and clean["rejected"] == []
 
     calls.clear()
-    monkeypatch.setattr(spectral.stages.decode, "load_video", lambda path, *args: flaky(path, *args, failures=2))
+    monkeypatch.setattr(spectral.io.event, "load_video", lambda path, *args: flaky(path, *args, failures=2))
     with pytest.raises(MachineFailure, match=r"decode: event_03 failed twice with OSError: \[Errno 5\]"):
         run_decode(six_events, tmp_path / "twice", KEEP)
     index = json.loads((tmp_path / "twice" / "report.json").read_text())
@@ -347,14 +347,14 @@ def test_dvc_add_with_symlink_cache_keeps_every_recording(six_events, tmp_path):
 
 
 def test_an_event_past_its_time_budget_is_retried_then_stops_the_stage(six_events, tmp_path, monkeypatch):
-    real_load_video = spectral.stages.decode.load_video
+    real_load_video = spectral.io.event.load_video
 
     def hung(path, *args):
         if "event_02" in path:
             time.sleep(30)
         return real_load_video(path, *args)
 
-    monkeypatch.setattr(spectral.stages.decode, "load_video", hung)
+    monkeypatch.setattr(spectral.io.event, "load_video", hung)
     started = time.monotonic()
     with pytest.raises(MachineFailure, match=r"event_02 failed twice with EventTimeout: decoding event_02 took "
                                              r"longer than its 0.5 s time budget"):

@@ -230,7 +230,8 @@ def test_a_zoo_of_user_recordings_goes_through_decode_embed_and_predict(trained,
     (zoo / "event_poucos_sensores" / "sensors.csv").write_text("timestamp,magnetic_magnitude\n1,45\n2,47\n3,44\n")
 
     decoded = tmp_path / "decoded"
-    report = run_decode(zoo, decoded, DecodeConfig(num_frames=4, workers=1, max_rejected_fraction=1.0))
+    report = run_decode(zoo, decoded, DecodeConfig(num_frames=4, workers=1, max_rejected_fraction=1.0,
+                                                          missing_modality="reject"))
     assert sorted(report["accepted"]) == sorted(set(specs) - {"event_cortado"})
     (rejection,) = report["rejected"]
     assert rejection["reason"].startswith("event_cortado/video.mp4: cannot decode video")
