@@ -8,9 +8,10 @@ from spectral.stages.evaluate import evaluate, format_report
 
 
 def main() -> None:
-    start_stage()
+    params = start_stage()
     metrics = evaluate(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), Path("metrics/evaluate.json"),
-                       Path("plots"), headline_path=Path("metrics/headline.json"), ood_dir=Path(sys.argv[4]))
+                       Path("plots"), headline_path=Path("metrics/headline.json"), ood_dir=Path(sys.argv[4]),
+                       card_path=Path("models/MODEL_CARD.md"), events_source=params["data"]["events"])
     print(format_report(metrics))
 
 

@@ -1,5 +1,6 @@
 """DVC stage `train`: fit the fusion model on cached shards, export models/model.pt (params: train.*, video.weights)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -18,6 +19,12 @@ def main() -> None:
         return
     print(f"train: best {summary['monitor']} {summary['best_monitored']:.4f} after {summary['epochs_run']} epochs; "
           f"model {summary['model_bytes'] / 1e6:.1f} MB")
+    # the checkpoint the model was exported from, as a DVC metric (DVCLive's last-epoch values are only curves)
+    best = {key: round(value, 4) if isinstance(value, float) else value
+            for key, value in summary["best_val_metrics"].items()}
+    Path("metrics").mkdir(exist_ok=True)
+    Path("metrics/train.json").write_text(json.dumps({"best": best, "epochs_run": summary["epochs_run"]},
+                                                     indent=2) + "\n")
 
 
 if __name__ == "__main__":  # spawned worker processes re-import this file

@@ -92,6 +92,8 @@ def repo(tmp_path_factory) -> Path:
     run(["git", "init", "-q", "-b", "main"], root)
     dvc(root, "init", "-q")
     dvc(root, "config", "core.analytics", "false")
+    shutil.copytree(PROJECT / ".dvc" / "plots", root / ".dvc" / "plots")  # the offline page and custom templates
+    dvc(root, "config", "plots.html_template", "plots/page.html")
     set_params(root, TINY)
     commit(root, "tiny project")
     output = dvc(root, "repro")
@@ -106,7 +108,8 @@ def spectral_cli(repo: Path, *args: str) -> str:
 
 def test_full_repro_produces_every_output(repo):
     for path in ("data/decoded/report.json", "data/sensors.parquet", "data/embeddings/manifest.json",
-                 "models/model.pt", "metrics/evaluate.json", "plots/confusion_matrix.png", "dvclive/metrics.json"):
+                 "models/model.pt", "metrics/evaluate.json", "plots/confusion_matrix.png", "dvclive/metrics.json",
+                 "models/MODEL_CARD.md", "metrics/train.json"):
         assert (repo / path).is_file(), path
     assert "accuracy" in dvc(repo, "metrics", "show")
     report = spectral_cli(repo, "report", "metrics/evaluate.json")
@@ -123,6 +126,18 @@ def test_full_repro_produces_every_output(repo):
     shutil.rmtree(repo / "own_ood")
     shutil.rmtree(repo / "own_ood_plots")
     (repo / "own_ood.json").unlink()
+
+
+def test_the_plots_page_is_offline_and_holds_every_series(repo, tmp_path):
+    """`dvc plots show` writes a page whose scripts are all inline (it renders without a network) and that holds
+    the reliability diagram's two series, the OOD histogram of both groups, the ablation bars and the confusion."""
+    dvc(repo, "plots", "show", "-o", str(tmp_path / "page"))
+    html = (tmp_path / "page" / "index.html").read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]*\bsrc\s*=", html) and "vega-embed" in html
+    for source in ("plots/reliability_before.csv", "plots/reliability_after.csv", "plots/ood_scores.csv",
+                   "plots/ablation.csv", "plots/confusion.csv"):
+        assert source in html, source
+    assert '"OOD set"' in html and '"test split"' in html and "OOD threshold" in html
 
 
 def test_a_stage_command_with_no_flags_makes_the_stage_bytes(repo, tmp_path):
@@ -264,8 +279,12 @@ def test_experiment_run_shows_metrics(repo):
     data = experiments[0]["revs"][0]["data"]
     headline = data["metrics"]["metrics/headline.json"]["data"]
     assert {"accuracy", "accuracy_low", "accuracy_high", "macro_f1", "ece"} <= set(headline)
-    assert "metrics/evaluate.json" not in data["metrics"]  # the detail is an output, not a column
+    # the headline and the exported checkpoint's validation metrics; the detail and DVCLive's last epoch are not columns
+    assert set(data["metrics"]) == {"metrics/headline.json", "metrics/train.json"}, data["metrics"]
+    assert {"val_loss", "val_acc", "val_f1", "epoch"} <= set(data["metrics"]["metrics/train.json"]["data"]["best"])
     assert data["params"]["params.yaml"]["data"]["train"]["lr"] == 0.003
+    changed = dvc(repo, "exp", "show", "--only-changed", "--no-pager")
+    assert "train.lr" in changed and "macro_f1" in changed and "decode.workers" not in changed
 
 
 def test_killed_stage_leaves_nothing_half_written_and_rerun_matches(repo):

@@ -27,8 +27,9 @@ import torch  # noqa: E402
 from spectral.data import CachedShardDataModule  # noqa: E402
 from spectral.models.artifact import load_model  # noqa: E402
 from spectral.models.calibration import calibrated_probabilities  # noqa: E402
+from spectral.models.card import model_card  # noqa: E402
 from spectral.models.fusion import SpectralFusionModel  # noqa: E402
-from spectral.models.modalities import MODALITIES, describe, presence_patterns  # noqa: E402
+from spectral.models.modalities import MODALITIES, describe, pattern_index, presence_patterns  # noqa: E402
 from spectral.models.posthoc import branch_outputs, pattern_mask  # noqa: E402
 
 MIN_EVENTS_PER_BIN = 10
@@ -202,7 +203,8 @@ def ood_scores(model: SpectralFusionModel, parts: list[torch.Tensor], present: t
         return {"mahalanobis": distance.double().numpy(),
                 "max_softmax": (1 - model.calibrate(raw).max(dim=1).values).numpy(),
                 "energy": (-model.temperature.double() * torch.logsumexp(logits, dim=1)).numpy(),
-                "in_distribution": model.ood.in_distribution(distance, present).numpy()}
+                "in_distribution": model.ood.in_distribution(distance, present).numpy(),
+                "threshold": model.ood.threshold[pattern_index(present)].double().numpy()}
 
 
 def ood_table(test: dict[str, np.ndarray], ood: dict[str, np.ndarray], groups: list[str],
@@ -365,10 +367,24 @@ def one_modality_ood(model: SpectralFusionModel, test_parts: list[torch.Tensor],
     return table
 
 
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _ood_score_rows(scores: dict[str, np.ndarray], group: str) -> list[dict]:
+    """log10(score / threshold) per event: 0 is the flag's threshold whatever the event's modality pattern."""
+    ratios = np.log10(np.maximum(scores["mahalanobis"], 1e-12) / scores["threshold"])
+    return [{"group": group, "log10_score_over_threshold": f"{r:.4f}"} for r in ratios]
+
+
 def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path: Path, plots_dir: Path,
-             batch_size: int = 32, headline_path: Path | None = None, ood_dir: Path | None = None) -> dict:
+             batch_size: int = 32, headline_path: Path | None = None, ood_dir: Path | None = None,
+             card_path: Path | None = None, events_source: str = "") -> dict:
     """Score the exported model on the test split (and the OOD set when given); write metrics JSON (and
-    the headline file) and plots."""
+    the headline file), plots, and the model card when `card_path` is given (`events_source`: data.events)."""
     model, config = load_model(model_path)
     class_names = config["class_names"]
     data = CachedShardDataModule(embed_dir, sensors_path, batch_size=batch_size,
@@ -392,7 +408,8 @@ def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path
 
         ood_parts, ood_present, groups = ood_event_parts(model, config, find_event_folders(ood_dir))
         test_scores = ood_scores(model, test_parts, present)
-        metrics["ood"] = ood_table(test_scores, ood_scores(model, ood_parts, ood_present), groups, draws)
+        ood = ood_scores(model, ood_parts, ood_present)
+        metrics["ood"] = ood_table(test_scores, ood, groups, draws)
         metrics["ood"]["one_modality_ood"] = one_modality_ood(model, test_parts, present, ood_parts,
                                                               test_scores["mahalanobis"])
     metrics["ablation"] = ablation_table(model, test_parts, present, train_means, labels, class_names, draws)
@@ -421,11 +438,16 @@ def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path
         writer.writerow(["event", "actual", "predicted", "confidence", *class_names])
         writer.writerows([event, class_names[a], class_names[p], f"{row.max():.6f}", *(f"{v:.6f}" for v in row)]
                          for event, a, p, row in zip(events, labels, preds, probabilities, strict=True))
-    with open(plots_dir / "reliability.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["calibration", "bin_confidence", "accuracy", "count"])
-        writer.writeheader()
-        writer.writerows({"calibration": name, **row} for name in ("before", "after")
-                         for row in metrics["calibration"][name]["reliability"])
+    for name in ("before", "after"):  # one file per series: DVC draws each file as its own line
+        _write_rows(plots_dir / f"reliability_{name}.csv", metrics["calibration"][name]["reliability"])
+    _write_rows(plots_dir / "ablation.csv", [{"modalities": name, "macro_f1": row["macro_f1"],
+                                              "accuracy": row["accuracy"]}
+                                             for name, row in metrics["ablation"].items()])
+    if ood_dir is not None:
+        _write_rows(plots_dir / "ood_scores.csv", _ood_score_rows(test_scores, "test split")
+                    + _ood_score_rows(ood, "OOD set"))
+    if card_path is not None:
+        Path(card_path).write_text(model_card(metrics, config, Path(model_path), events_source), encoding="utf-8")
     _plot_confusion(metrics["confusion_matrix"], class_names, plots_dir / "confusion_matrix.png")
     _plot_reliability(metrics["calibration"], plots_dir / "reliability.png")
     return metrics

@@ -274,7 +274,8 @@ def test_evaluate_writes_metrics_ablation_and_plots(trained, embedded, sensor_ta
     confusion = np.zeros((4, 4), dtype=int)
     np.add.at(confusion, (labels, preds), 1)
     assert metrics["confusion_matrix"] == confusion.tolist()
-    for name in ("confusion.csv", "reliability.csv", "confusion_matrix.png", "reliability.png"):
+    for name in ("confusion.csv", "reliability_before.csv", "reliability_after.csv", "ablation.csv",
+                 "confusion_matrix.png", "reliability.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 0
     low, high = metrics["intervals"]["accuracy"]
     assert low <= metrics["accuracy"] <= high
@@ -471,7 +472,8 @@ def test_evaluate_scores_an_ood_set_and_writes_the_headline(trained, embedded, s
     ood_dir = tmp_path / "ood"
     generate_ood(ood_dir, 4, seed=0)
     metrics = evaluate(out / "model.pt", embedded, sensor_table, tmp_path / "m.json", tmp_path / "plots",
-                       headline_path=tmp_path / "headline.json", ood_dir=ood_dir)
+                       headline_path=tmp_path / "headline.json", ood_dir=ood_dir, card_path=tmp_path / "card.md",
+                       events_source="data/demo_events")
     ood = metrics["ood"]
     assert ood["ood_events"] == 4 and ood["test_events"] == metrics["test_events"]
     assert 0 <= ood["auroc"] <= 1 and set(ood["alternatives_auroc"]) == {"max_softmax", "energy"}
@@ -481,8 +483,20 @@ def test_evaluate_scores_an_ood_set_and_writes_the_headline(trained, embedded, s
     assert headline["ood_auroc"] == ood["auroc"] and headline["nll"] == metrics["calibration"]["after"]["nll"]
     calibration = metrics["calibration"]
     assert calibration["after"]["ece"] == metrics["ece"] and calibration["temperature"] > 0
-    with open(tmp_path / "plots" / "reliability.csv", encoding="utf-8") as f:
-        assert {row["calibration"] for row in csv.DictReader(f)} == {"before", "after"}
+    for name in ("before", "after"):
+        with open(tmp_path / "plots" / f"reliability_{name}.csv", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        assert [float(row["accuracy"]) for row in rows] == [b["accuracy"] for b in calibration[name]["reliability"]]
+    with open(tmp_path / "plots" / "ood_scores.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    groups = [row["group"] for row in rows]
+    assert groups.count("test split") == metrics["test_events"] and groups.count("OOD set") == 4
+    # above 0 (the threshold) exactly the events the flag calls out of distribution
+    flagged = sum(float(row["log10_score_over_threshold"]) > 0 for row in rows if row["group"] == "test split")
+    assert abs(flagged / metrics["test_events"] - ood["false_alarm_rate"]) < 0.02
+    card = (tmp_path / "card.md").read_text(encoding="utf-8")
+    assert f"| accuracy | {metrics['accuracy']:.3f} |" in card and "**synthetic** demo events" in card
+    assert f"AUROC {ood['auroc']:.3f}" in card and "| only audio |" in card
 
 
 def test_calibration_benchmark_scores_each_choice_against_recorded_and_true_classes(trained, embedded, sensor_table,
