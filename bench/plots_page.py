@@ -8,7 +8,6 @@ every plot of dvc.yaml. Writes the page with `dvc plots show`, takes a screensho
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import machine
+from common import write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser")
@@ -51,10 +50,10 @@ def main() -> None:
                     f"--screenshot={screenshot}", page.as_uri()], check=True, capture_output=True, timeout=120)
     seconds = time.perf_counter() - started
     plots = re.findall(r'<div id="([^"]+)"', html)
-    result = {"machine": machine(), "page": str(args.out / "index.html"), "page_bytes": len(html.encode()),
+    result = {"page": str(args.out / "index.html"), "page_bytes": len(html.encode()),
               "scripts": page_scripts(html), "plots": plots, "screenshot": "bench/results/plots_page.png",
               "render_seconds": round(seconds, 2)}
-    (RESULTS / "plots_page.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result("plots_page", result)
     print(f"{'plots on the page':<28}{len(plots)}")
     print(f"{'scripts loaded by URL':<28}{result['scripts']['remote']} remote, {result['scripts']['by_src']} in all")
     print(f"{'inline scripts':<28}{result['scripts']['inline']}")
