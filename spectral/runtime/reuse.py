@@ -230,18 +230,16 @@ def verify_all(directory: Path, records: dict[str, dict]) -> dict[str, str]:
     return problems
 
 
-
-def remove_stale_shards(directory: Path, keep: set[str], legacy: set[str] = frozenset()) -> list[str]:
+def remove_stale_shards(directory: Path, keep: set[str]) -> list[str]:
     """Delete shard files the stages wrote (or left half-written) that are not in `keep`.
 
-    Only the stages' own names (`{split}-{16 hex}.tar`, and `.tmp`) are touched, plus `legacy`:
-    the files an old-layout report listed. A run killed after publishing a shard has not recorded
-    it yet, so the name, not the index, decides; a user's `notes.tar` or `train-000000.tar` in the
-    output folder survives. Returns the names removed.
+    Only the stages' own names (`{split}-{16 hex}.tar`, and `.tmp`) are touched. A run killed after
+    publishing a shard has not recorded it yet, so the name, not the index, decides; a user's `notes.tar`
+    or `train-000000.tar` in the output folder survives. Returns the names removed.
     """
     removed = []
     for path in sorted(Path(directory).iterdir()) if Path(directory).is_dir() else []:
-        owned = _OWNED.fullmatch(path.name) or path.name in legacy
+        owned = _OWNED.fullmatch(path.name)
         if path.is_file() and owned and path.name not in keep:
             path.unlink()
             removed.append(path.name)
@@ -267,14 +265,14 @@ class StageOutputs:
             publish_index(self.index_path, {"stage": self.stage, "complete": False, **body})
         self.ranks.barrier()
 
-    def finish(self, body: dict, listed: set[str], legacy: set[str] = frozenset()) -> tuple[list[str], dict[str, str]]:
+    def finish(self, body: dict, listed: set[str]) -> tuple[list[str], dict[str, str]]:
         """Rank 0 deletes the stage's own files that `listed` (the new index's files) does not name, publishes
         `body` as the complete index and saves every rank's stamps; all ranks return together.
         Returns (the files removed, on rank 0; file → why it was recomputed, over all ranks)."""
         verified = self.ranks.gather((self.verifier.recomputed, self.verifier.fresh))
         removed = []
         if self.ranks.is_main:
-            removed = remove_stale_shards(self.directory, keep=listed, legacy=legacy)
+            removed = remove_stale_shards(self.directory, keep=listed)
             publish_index(self.index_path, {"stage": self.stage, "complete": True, **body})
             self.verifier.save(listed, {file: stamp for _, fresh in verified for file, stamp in fresh.items()})
         self.ranks.barrier()  # a failing check after this must not end the ranks before the index is written

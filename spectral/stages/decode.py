@@ -205,18 +205,15 @@ class _Shard:
                    entry["warnings"], entry["sha256"], entry["size"])
 
 
-def _previous_shards(report: dict | None) -> tuple[dict[str, _Shard], set[str]]:
-    """The last run's index by file name, and the shard files a report of the count-cut layout before
-    content-defined shards lists (this stage wrote them). Files are verified before use (spectral.runtime.reuse)."""
+def _previous_shards(report: dict | None) -> dict[str, _Shard]:
+    """The last run's index by file name. Files are verified before use (spectral.runtime.reuse)."""
     if report is None:
-        return {}, set()
+        return {}
     try:
-        if "index" not in report:
-            return {}, {name for names in report.get("shards", {}).values() for name in names}
         shards = [_Shard.from_entry(split, entry) for split, entries in report["index"].items() for entry in entries]
-    except (KeyError, TypeError, AttributeError):  # a damaged or older index: rebuild everything
-        return {}, set()
-    return {s.file: s for s in shards}, set()
+    except (KeyError, TypeError, AttributeError):  # a damaged index: rebuild everything
+        return {}
+    return {s.file: s for s in shards}
 
 
 def _index(shards: list[_Shard]) -> dict:
@@ -307,7 +304,7 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
     parts = _key_parts(cfg)
     changes = key_changes(outputs.previous, parts)
     plan, mine = _plan(folders, cfg, key_salt("decode", parts), ranks)
-    previous, legacy = _previous_shards(outputs.previous)
+    previous = _previous_shards(outputs.previous)
 
     def reusable(file: str) -> bool:
         old_shard = previous[file]
@@ -392,7 +389,7 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
         "key_parts": parts,  # what every event's key holds besides its files: the next run says what changed
     }
     # Timing and reuse counts stay out of report.json: the outputs must be byte-identical to a clean run.
-    removed, recomputed = outputs.finish({**report, **_index(shards)}, {s.file for s in shards if s.sha256}, legacy)
+    removed, recomputed = outputs.finish({**report, **_index(shards)}, {s.file for s in shards if s.sha256})
     kept_without = {modality: sum(modality in lacking for lacking in report["incomplete"].values())
                     for modality in ("video", "audio")}
     check_losses("decode", len(rejected), kept_without, len(folders), cfg.max_rejected_fraction, out_dir / REPORT)

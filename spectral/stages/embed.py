@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -249,7 +248,7 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
     inputs = [(split, entry) for split in SPLITS for entry in report["index"][split] if entry["sha256"]]
     keys = {entry["file"]: digest(salt, entry["sha256"]) for _, entry in inputs}
     event_counts = {entry["file"]: len(entry["accepted"]) for _, entry in inputs}
-    previous, legacy = _previous_index(outputs.previous), _legacy_shards(out_dir)
+    previous = _previous_index(outputs.previous)
     verifier = outputs.verifier
     # rank 0 verifies (one read of each shard, not one per rank); the others wait for its answer
     kept = ranks.broadcast({file for file, key in keys.items() if previous.get(file, {}).get("key") == key
@@ -322,7 +321,7 @@ def run_embed(decoded_dir: Path, out_dir: Path, cfg: EmbedConfig, ranks: Ranks =
     every_made_by = sorted({json.dumps(entry.get("made_by"), sort_keys=True) for entry in index.values()})
     manifest = {**recipe, "per_split": per_split, "made_by": [json.loads(m) for m in every_made_by],
                 "key_parts": parts, "index": index}
-    removed, recomputed = outputs.finish(manifest, set(keys), legacy)
+    removed, recomputed = outputs.finish(manifest, set(keys))
     elapsed = time.perf_counter() - started
     manifest = {"stage": "embed", "complete": True, **manifest}
     frames_all = sum(frames for _, frames, _ in reports)
@@ -348,15 +347,3 @@ def _previous_index(manifest: dict | None) -> dict[str, dict]:
     index = manifest.get("index") if manifest else None
     return {file: entry for file, entry in index.items() if isinstance(entry, dict) and "key" in entry} \
         if isinstance(index, dict) else {}
-
-
-def _legacy_shards(out_dir: Path) -> set[str]:
-    """Shards of the count-cut layout (`train-000000.tar`) when this folder's manifest is that layout's:
-    the embed stage wrote them, and nothing reads them any more."""
-    try:
-        manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return set()
-    if manifest.get("stage") != "embed" or "index" in manifest:
-        return set()
-    return {p.name for p in out_dir.glob("*.tar") if re.fullmatch(r"(?:train|val|test)-[0-9]{6}\.tar", p.name)}

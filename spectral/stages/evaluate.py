@@ -270,28 +270,25 @@ def _plot_reliability(calibration: dict, path: Path) -> None:
 
 def format_report(metrics: dict) -> str:
     """The evaluation as short tables for a terminal: headline, per class, calibration, OOD, ablation."""
-    intervals = metrics.get("intervals")  # absent from files an older evaluate stage wrote
-    low_high = {name: " [{:.3f}, {:.3f}]".format(*intervals[name]) if intervals else ""
-                for name in ("accuracy", "macro_f1")}
+    intervals = metrics["intervals"]
+    low_high = {name: " [{:.3f}, {:.3f}]".format(*intervals[name]) for name in ("accuracy", "macro_f1")}
     lines = [f"test accuracy {metrics['accuracy']:.3f}{low_high['accuracy']}, "
              f"macro-F1 {metrics['macro_f1']:.3f}{low_high['macro_f1']}, "
              f"ECE {metrics['ece']:.3f} on {metrics['test_events']} events",
-             f"[...]: {intervals['level']:.0%} bootstrap intervals over the test events" if intervals else
-             "(no intervals: re-run the evaluate stage)", "",
+             f"[...]: {intervals['level']:.0%} bootstrap intervals over the test events", "",
              f"{'class':<28}{'precision':>10}{'recall':>8}{'F1':>7}{'n':>5}"]
     for name, row in metrics["per_class"].items():
         lines.append(f"{name:<28}{row['precision']:>10.3f}{row['recall']:>8.3f}{row['f1']:>7.3f}{row['support']:>5}")
-    if calibration := metrics.get("calibration"):
-        lines += ["", f"calibration (temperature {calibration['temperature']:.3f}, label noise "
-                      f"{calibration.get('label_noise', 0.0):.1%}, fitted on validation)",
-                  f"{'':<8}{'NLL':>22}{'Brier':>22}{'ECE':>22}"]
-        for name in ("before", "after"):
-            row = calibration[name]
-            lines.append(f"{name:<8}" + "".join(f"{row[k]:>7.3f} [{row[k + '_interval'][0]:.3f}, "
-                                                 f"{row[k + '_interval'][1]:.3f}]" for k in ("nll", "brier", "ece")))
-        if change := calibration.get("change_interval"):
-            lines.append(f"{'change':<8}" + "".join(f"{'':>7} [{change[k][0]:+.3f}, {change[k][1]:+.3f}]"
-                                                    for k in ("nll", "brier", "ece")) + "  (after - before, paired)")
+    calibration, change = metrics["calibration"], metrics["calibration"]["change_interval"]
+    lines += ["", f"calibration (temperature {calibration['temperature']:.3f}, label noise "
+                  f"{calibration['label_noise']:.1%}, fitted on validation)",
+              f"{'':<8}{'NLL':>22}{'Brier':>22}{'ECE':>22}"]
+    for name in ("before", "after"):
+        row = calibration[name]
+        lines.append(f"{name:<8}" + "".join(f"{row[k]:>7.3f} [{row[k + '_interval'][0]:.3f}, "
+                                             f"{row[k + '_interval'][1]:.3f}]" for k in ("nll", "brier", "ece")))
+    lines.append(f"{'change':<8}" + "".join(f"{'':>7} [{change[k][0]:+.3f}, {change[k][1]:+.3f}]"
+                                            for k in ("nll", "brier", "ece")) + "  (after - before, paired)")
     if ood := metrics.get("ood"):
         lines += ["", f"out-of-distribution ({ood['score']}): AUROC {ood['auroc']:.3f} "
                       f"[{ood['auroc_interval'][0]:.3f}, {ood['auroc_interval'][1]:.3f}] on {ood['ood_events']} OOD vs "
@@ -301,7 +298,7 @@ def format_report(metrics: dict) -> str:
         for group, row in ood["groups"].items():
             lines.append(f"  {group:<44} n={row['events']:<4} AUROC {row['auroc']:.3f}  "
                          f"flagged {row['detection_rate']:.0%}")
-        for modality, row in ood.get("one_modality_ood", {}).items():
+        for modality, row in ood["one_modality_ood"].items():
             lines.append(f"  {'test events with only their ' + modality + ' from the OOD set':<51} AUROC "
                          f"{row['auroc']:.3f}  flagged {row['detection_rate']:.0%}")
     header = "modalities (missing = learned absent embedding" if calibration else "ablation (missing = training mean"
@@ -310,7 +307,7 @@ def format_report(metrics: dict) -> str:
         drop = (f"{row['macro_f1_drop']:>8.3f} [{row['macro_f1_drop_interval'][0]:.3f}, "
                 f"{row['macro_f1_drop_interval'][1]:.3f}]" if "macro_f1_drop" in row else "")
         lines.append(f"{name:<48}{row['accuracy']:>9.3f}{row['macro_f1']:>10.3f}{drop:>22}")
-    if biases := metrics.get("pattern_bias"):
+    if biases := metrics["pattern_bias"]:
         lines += ["class bias added to the logits without a modality (fitted on validation; "
                   + ", ".join(name[:4] for name in metrics["per_class"]) + "):"]
         lines += [f"  {name:<46}" + " ".join(f"{b:+.2f}" for b in bias) for name, bias in biases.items() if any(bias)]

@@ -113,12 +113,11 @@ def test_a_config_change_recomputes_everything(archive, tmp_path):
 def test_clean_run_switch_and_only_the_stages_own_files_are_deleted(archive, tmp_path, monkeypatch):
     out = tmp_path / "decoded"
     out.mkdir()
-    (out / "train-000000.tar").write_bytes(b"a shard of the count-cut layout")
-    (out / "report.json").write_text('{"stage": "decode", "shards": {"train": ["train-000000.tar"]}}')
+    (out / "train-0123456789abcdef.tar").write_bytes(b"a stale shard of this stage")
     for users in ("train-000001.tar", "images-000042.tar", "notes.tar"):  # look like shards; not the stage's
         (out / users).write_bytes(b"someone else's")
     run_decode(archive, out, CFG)
-    assert not (out / "train-000000.tar").exists()
+    assert not (out / "train-0123456789abcdef.tar").exists()
     assert all((out / users).exists() for users in ("train-000001.tar", "images-000042.tar", "notes.tar"))
     monkeypatch.setenv(CLEAN_RUN_ENV, "1")
     assert run_decode(archive, out, CFG)["reuse"]["events_decoded"] == 12
