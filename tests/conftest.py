@@ -13,6 +13,7 @@ from spectral.stages.decode import DecodeConfig, run_decode  # noqa: E402
 from spectral.stages.embed import EmbedConfig, run_embed  # noqa: E402
 from spectral.stages.sensors import run_sensors  # noqa: E402
 from spectral.stages.synth import SynthConfig, generate  # noqa: E402
+from spectral.stages.train import TrainConfig, train  # noqa: E402
 
 TINY_SYNTH = SynthConfig(fps=10, duration_s=2.0, width=128, height=64)
 TINY_DECODE = DecodeConfig(num_frames=4, size=224, audio_seconds=5.0, workers=1, missing_modality="reject",
@@ -50,3 +51,11 @@ def embedded(decoded, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("embeddings")
     run_embed(decoded, out, EmbedConfig(batch_frames=32))
     return out
+
+
+@pytest.fixture(scope="session")
+def trained(embedded, sensor_table, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    cfg = TrainConfig(max_epochs=4, batch_size=4, precision="32-true", early_stopping_patience=10)
+    summary = train(embedded, sensor_table, out, cfg, dvclive_dir=out / "dvclive")
+    return out, summary
