@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test setup lint golden deps clean
+.PHONY: demo test quick setup lint golden deps clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,9 +19,13 @@ demo: setup
 	spectral report metrics/evaluate.json
 	@echo "More: 'dvc metrics show', 'dvc plots show' (writes dvc_plots/index.html), PNGs in plots/, model in models/model.pt"
 
-# Two workers, one test file each at a time (a file's module fixtures stay in one process).
-test: setup
+# Lint, then the suite on two workers, one test file each at a time (a file's module fixtures stay in one process).
+test: setup lint
 	pytest -q -n 2 --dist loadfile
+
+# The quick loop while editing: everything but the tests marked slow (real `dvc repro`, benches, torchrun).
+quick: setup
+	pytest -q -n 2 --dist loadfile -m "not slow"
 
 lint: setup
 	ruff check spectral pipeline tests bench
@@ -33,7 +37,7 @@ golden: setup
 
 # Rewrite each dvc.yaml stage's code deps as the import closure of its script (tests/test_deps.py).
 deps: setup
-	python -m spectral.deps --write dvc.yaml
+	python -m spectral.runtime.deps --write dvc.yaml
 
 clean:
 	rm -rf $(VENV) data/decoded data/embeddings data/demo_events data/sensors* models dvclive metrics plots

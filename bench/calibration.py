@@ -24,9 +24,9 @@ from common import pipeline_outputs_parser, write_result
 from modality_dropout import train_model
 
 from spectral.data import CachedShardDataModule
-from spectral.evaluation import calibrated, calibration_scores, reliability_bins
 from spectral.models.artifact import load_model
-from spectral.posthoc import branch_outputs, fit_calibration
+from spectral.models.posthoc import branch_outputs, fit_calibration
+from spectral.stages.evaluate import calibrated, calibration_scores, reliability_bins
 
 CALIBRATIONS = ("none", "temperature", "temperature + label noise")
 

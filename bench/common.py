@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+from datetime import date
 from pathlib import Path
 
 import torch
@@ -14,15 +15,19 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    """CPU model, its widest vector kind (the embedding kernels differ between them), cores, torch, GPU."""
+    cpu, kind = platform.processor() or platform.machine(), ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                kind = " AVX-512" if "avx512f" in flags else " AVX2" if "avx2" in flags else ""
                 break
     except OSError:
         pass
-    text = f"{cpu}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}"
+    text = f"{cpu}{kind}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return text
@@ -31,7 +36,8 @@ def machine() -> str:
 def write_result(name: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n", encoding="utf-8")
+    stamp = {"machine": machine(), "date": date.today().isoformat()}  # bench/report.py shows both with the numbers
+    path.write_text(json.dumps({**stamp, **result}, indent=2) + "\n", encoding="utf-8")
     print(f"machine: {machine()}\nwrote {path}")
     return path
 

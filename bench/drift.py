@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from common import RESULTS, pipeline_outputs_parser, write_result
 
-from spectral.evaluation import evaluate
-from spectral.shards import read_samples
+from spectral.runtime.shards import read_samples
+from spectral.stages.evaluate import evaluate
 
 RECIPES = {  # name → (environment, embed config overrides)
     "cpu_default_kernels": ({"ATEN_CPU_CAPABILITY": "default"}, {}),
@@ -38,7 +38,7 @@ RECIPES = {  # name → (environment, embed config overrides)
 EMBED = """
 import json, sys
 from pathlib import Path
-from spectral.embed import EmbedConfig, run_embed
+from spectral.stages.embed import EmbedConfig, run_embed
 manifest = run_embed(Path(sys.argv[1]), Path(sys.argv[2]), EmbedConfig(**json.loads(sys.argv[3])))
 print(json.dumps({"made_by": manifest["made_by"], "precision": manifest["precision"],
                   "seconds": manifest["throughput"]["stage_seconds"]}))

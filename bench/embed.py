@@ -25,9 +25,9 @@ import torch
 import yaml
 from common import write_result
 
-from spectral.decode import DecodeConfig, run_decode
-from spectral.embed import EmbedConfig, build_encoder, encode_frames, run_embed
-from spectral.synth import SynthConfig, generate
+from spectral.stages.decode import DecodeConfig, run_decode
+from spectral.stages.embed import EmbedConfig, build_encoder, encode_frames, run_embed
+from spectral.stages.synth import SynthConfig, generate
 
 
 def main() -> None:

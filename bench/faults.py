@@ -40,7 +40,7 @@ from pathlib import Path
 import yaml
 from common import write_result
 
-from spectral.reuse import output_files
+from spectral.runtime.reuse import output_files
 
 PROJECT = Path(__file__).resolve().parents[1]
 OUTPUTS = ("data/decoded", "data/embeddings", "data/sensors.parquet", "data/sensors_report.json", "models/model.pt",
@@ -77,7 +77,7 @@ def patch(module):
                 raise OSError(errno.EIO, "Input/output error (injected)", str(path))
             return load_video(path, *args, **kwargs)
         module.load_video = failing
-    if FAULT == "enospc_once" and module.__name__ == "spectral.shards":
+    if FAULT == "enospc_once" and module.__name__ == "spectral.runtime.shards":
         write = module.AtomicTarWriter.write
         def failing(self, sample):
             if self.samples == 1 and first_time("enospc"):
@@ -87,7 +87,7 @@ def patch(module):
 
 class Patcher(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name not in ("spectral.io.video", "spectral.shards"):
+        if name not in ("spectral.io.video", "spectral.runtime.shards"):
             return None
         sys.meta_path.remove(self)
         try:
@@ -154,7 +154,7 @@ class Project:
 
 def make_reference(root: Path, events: int, timeout: float) -> Project:
     root.mkdir(parents=True)
-    for item in ("dvc.yaml", "params.yaml", "pipeline", "spectral", ".gitignore", ".dvcignore"):
+    for item in ("dvc.yaml", "params.yaml", "pipeline", "spectral", "data/weights", ".gitignore", ".dvcignore"):
         source = PROJECT / item
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / item)
     project = Project(root, timeout)

@@ -21,11 +21,11 @@ from common import write_result
 from PIL import Image
 from skimage import data as skimage_data
 
-from spectral.decode import decode_event
-from spectral.embed import EmbedConfig, build_encoder, encode_frames
-from spectral.frames import encode_frames as store
-from spectral.frames import stored_frames
-from spectral.synth import SynthConfig, generate
+from spectral.io.event import decode_event
+from spectral.io.frames import encode_frames as store
+from spectral.io.frames import stored_frames
+from spectral.stages.embed import EmbedConfig, build_encoder, encode_frames
+from spectral.stages.synth import SynthConfig, generate
 
 FORMATS = [("h264", 95), ("jpeg", 95), ("jpeg", 90), ("npy", 95)]
 

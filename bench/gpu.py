@@ -30,8 +30,8 @@ import yaml
 from common import write_result
 from predict import one_at_a_time_ms
 
-from spectral.embed import EmbedConfig, build_encoder, encode_frames
 from spectral.inference import Predictor
+from spectral.stages.embed import EmbedConfig, build_encoder, encode_frames
 
 PROJECT = Path(__file__).resolve().parents[1]
 

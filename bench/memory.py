@@ -15,7 +15,7 @@ from pathlib import Path
 
 from common import write_result
 
-from spectral.synth import SynthConfig, generate
+from spectral.stages.synth import SynthConfig, generate
 
 SPECTRAL = [sys.executable, "-m", "spectral"]
 
@@ -39,9 +39,9 @@ def main() -> None:
             generate(events, size, seed=0, cfg=SynthConfig(width=128, height=64, duration_s=2.0, fps=10), workers=2)
             rows[size] = {
                 "decode_peak_rss_mb": round(peak_rss_mb([*SPECTRAL, "decode", str(events), f"{tmp}/dec_{size}",
-                                                         "--workers", "2"]), 1),
+                                                         "--params", "none"]), 1),
                 "sensors_peak_rss_mb": round(peak_rss_mb([*SPECTRAL, "sensors", str(events),
-                                                          f"{tmp}/sensors_{size}.parquet"]), 1),
+                                                          f"{tmp}/sensors_{size}.parquet", "--params", "none"]), 1),
             }
     print(f"{'events':>7}{'decode MB':>11}{'sensors MB':>12}")
     for size, row in rows.items():

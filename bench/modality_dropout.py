@@ -11,7 +11,7 @@ chosen on all-modality val_loss (neither has an absent-modality path to select f
   heads of `train.branch_loss`, which alone make a model lean less on any one branch);
 - "plain": the recipe before missing modalities were trained for: no dropout and no branch heads.
 The candidate is the pipeline's models/model.pt (or the same recipe at another seed), also scored without
-its per-pattern class bias (spectral.posthoc) to show what that adds. A modality "missing" means, for
+its per-pattern class bias (spectral.models.posthoc) to show what that adds. A modality "missing" means, for
 the candidate, its learned absent embedding (what `spectral predict` does); for a
 baseline, the training-set mean of that branch's embedding (the best a model without an absent
 embedding can do). The issue's bar: the candidate loses at most half a baseline's macro-F1.
@@ -33,11 +33,11 @@ import yaml
 from common import pipeline_outputs_parser, write_result
 
 from spectral.data import CachedShardDataModule
-from spectral.evaluation import bootstrap_draws, macro_f1_draws, percentile_interval
 from spectral.models.artifact import load_model
 from spectral.models.modalities import MODALITIES
-from spectral.posthoc import branch_outputs
-from spectral.training import TrainConfig, train
+from spectral.models.posthoc import branch_outputs
+from spectral.stages.evaluate import bootstrap_draws, macro_f1_draws, percentile_interval
+from spectral.stages.train import TrainConfig, train
 
 
 def _f1(model, parts, present, labels, draws) -> tuple[float, np.ndarray]:
@@ -49,9 +49,9 @@ def _f1(model, parts, present, labels, draws) -> tuple[float, np.ndarray]:
 
 def train_model(embeddings: Path, sensors: Path, params: dict, overrides: dict, out: Path) -> float:
     """Train the pipeline's recipe with these train.* overrides into out/model.pt; returns seconds."""
-    cfg = replace(TrainConfig(**params["train"]), logger="none", **overrides)
+    cfg = replace(TrainConfig.from_params(params), logger="none", **overrides)
     started = time.perf_counter()
-    train(embeddings, sensors, out, cfg, weights=params["video"]["weights"], dvclive_dir=out / "live")
+    train(embeddings, sensors, out, cfg, dvclive_dir=out / "live")
     return time.perf_counter() - started
 
 
@@ -94,7 +94,7 @@ def compare(baselines: dict, model_path: Path, embeddings: Path, sensors: Path, 
     `without` rows add the drop from `all` and, per baseline, the paired interval of half its drop minus
     the candidate's (> 0: the candidate lost less than half of what that baseline lost)."""
     candidate, _ = load_model(model_path)
-    unbiased = copy.deepcopy(candidate)  # what the class bias per modality pattern (spectral.posthoc) adds
+    unbiased = copy.deepcopy(candidate)  # what the class bias per modality pattern (spectral.models.posthoc) adds
     unbiased.pattern_bias.zero_()
     data = CachedShardDataModule(embeddings, sensors, batch_size=32)
     data.setup()

@@ -14,7 +14,7 @@ import numpy as np
 from common import write_result
 
 from spectral.inference import Predictor
-from spectral.synth import SynthConfig, generate
+from spectral.stages.synth import SynthConfig, generate
 
 
 def one_at_a_time_ms(predictor: Predictor, folders: list[Path]) -> list[float]:

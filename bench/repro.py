@@ -33,7 +33,7 @@ def sh(*cmd: str, cwd: Path) -> tuple[float, str]:
 
 
 def make_repo(root: Path, events: int) -> None:
-    for item in ("dvc.yaml", "params.yaml", "pipeline", "spectral", ".gitignore", ".dvcignore"):
+    for item in ("dvc.yaml", "params.yaml", "pipeline", "spectral", "data/weights", ".gitignore", ".dvcignore"):
         source = PROJECT / item
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / item)
     params = yaml.safe_load((root / "params.yaml").read_text())

@@ -33,7 +33,7 @@ from pathlib import Path
 import av
 from common import RESULTS, write_result
 
-from spectral.synth import SynthConfig, generate
+from spectral.stages.synth import SynthConfig, generate
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -44,14 +44,14 @@ from pathlib import Path
 if __name__ == "__main__":  # imports per stage: each process pays only its own stage's startup, as under dvc repro
     stage, src, dst, options = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4])
     if stage == "decode":
-        from spectral.decode import DecodeConfig, run_decode
+        from spectral.stages.decode import DecodeConfig, run_decode
         print(json.dumps(run_decode(src, dst, DecodeConfig(splits={splits!r}, **options))["reuse"]))
     elif stage == "sensors":
-        from spectral.features.table import run_sensors
+        from spectral.stages.sensors import run_sensors
         report = run_sensors(src, dst, {splits!r}, links_outside_events="follow")
         print(json.dumps({{"reused": report["reused"], "recomputed": report["recomputed"]}}))
     else:
-        from spectral.embed import EmbedConfig, run_embed
+        from spectral.stages.embed import EmbedConfig, run_embed
         print(json.dumps(run_embed(src, dst, EmbedConfig(**options))["throughput"]["reuse"]))
 """
 
@@ -138,12 +138,12 @@ def dvc_push_bytes(repo: Path, outputs: list[str]) -> int:
 def time_training(embedded: Path, sensors: Path, work: Path) -> float:
     """Seconds per epoch of the fusion model on the cached shards: (3 epochs - 1 epoch) / 2, so loading,
     setup and export cancel out."""
-    from spectral.training import TrainConfig, train
+    from spectral.stages.train import TrainConfig, train
 
     seconds = {}
     for epochs in (1, 3):
         started = time.perf_counter()
-        train(embedded, sensors, work / f"models_{epochs}", TrainConfig(max_epochs=epochs, logger="none"), "packaged",
+        train(embedded, sensors, work / f"models_{epochs}", TrainConfig(max_epochs=epochs, logger="none"),
               dvclive_dir=work / f"dvclive_{epochs}")
         seconds[epochs] = time.perf_counter() - started
     return (seconds[3] - seconds[1]) / 2

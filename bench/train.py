@@ -20,14 +20,14 @@ from common import write_result
 from decode import spec_cv2_loader
 
 from spectral.data import CachedShardDataModule
-from spectral.decode import DecodeConfig, run_decode
-from spectral.embed import EmbedConfig, build_encoder, run_embed
 from spectral.events import load_event
 from spectral.features.sensors import SENSOR_FEATURES, sensor_features
-from spectral.features.table import run_sensors
 from spectral.io.audio import load_audio
 from spectral.models.fusion import SpectralFusionModel
-from spectral.synth import SynthConfig, generate
+from spectral.stages.decode import DecodeConfig, run_decode
+from spectral.stages.embed import EmbedConfig, build_encoder, run_embed
+from spectral.stages.sensors import run_sensors
+from spectral.stages.synth import SynthConfig, generate
 
 SPLITS = {"train": 1.0, "val": 0.0, "test": 0.0}
 

@@ -8,24 +8,15 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
-from spectral.decode import DecodeConfig, run_decode
-from spectral.distributed import relaunch_under_torchrun, stage_ranks
-from spectral.lifecycle import end_with_children
+from spectral.runtime.distributed import stage_ranks
+from spectral.runtime.stage import rank_timeout, start_stage
+from spectral.stages.decode import DecodeConfig, run_decode
 
 
 def main() -> None:
-    end_with_children()
-    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
-    relaunch_under_torchrun(params["distributed"]["decode_processes"])
-    video, decode = params["video"], params["decode"]
-    config = DecodeConfig(num_frames=video["num_frames"], size=video["size"], interpolation=video["interpolation"],
-                          audio_seconds=params["audio"]["seconds"], splits=params["splits"],
-                          missing_modality=params["missing_modality"],
-                          links_outside_events=params["links_outside_events"], **decode)
-    with stage_ranks(params["distributed"]["timeout_s"]) as ranks:
-        report = run_decode(Path(sys.argv[1]), Path(sys.argv[2]), config, ranks)
+    params = start_stage("decode_processes")
+    with stage_ranks(rank_timeout(params)) as ranks:
+        report = run_decode(Path(sys.argv[1]), Path(sys.argv[2]), DecodeConfig.from_params(params), ranks)
     if not ranks.is_main:
         return
     rate = report["inputs"] / max(report["seconds"], 1e-9)

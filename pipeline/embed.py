@@ -8,23 +8,19 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
-from spectral.deps import require_declared
-from spectral.distributed import relaunch_under_torchrun, stage_ranks
-from spectral.embed import EmbedConfig, run_embed
-from spectral.lifecycle import end_with_children
 from spectral.models.backbone import WEIGHTS_DIR, weights_file
+from spectral.runtime.deps import require_declared
+from spectral.runtime.distributed import stage_ranks
+from spectral.runtime.stage import rank_timeout, start_stage
+from spectral.stages.embed import EmbedConfig, run_embed
 
 
 def main() -> None:
-    end_with_children()
-    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
-    if weights_file(params["video"]["weights"]):
-        require_declared(params["video"]["weights"], "video.weights", "embed", WEIGHTS_DIR)
-    relaunch_under_torchrun(params["distributed"]["embed_processes"])
-    config = EmbedConfig(backbone=params["video"]["backbone"], weights=params["video"]["weights"], **params["embed"])
-    with stage_ranks(params["distributed"]["timeout_s"]) as ranks:
+    params = start_stage("embed_processes")
+    config = EmbedConfig.from_params(params)
+    if weights_file(config.weights):
+        require_declared(config.weights, "video.weights", "embed", WEIGHTS_DIR)
+    with stage_ranks(rank_timeout(params)) as ranks:
         result = run_embed(Path(sys.argv[1]), Path(sys.argv[2]), config, ranks)
     if not ranks.is_main:
         return

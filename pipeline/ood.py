@@ -3,16 +3,13 @@
 import sys
 from pathlib import Path
 
-import yaml
-
-from spectral.lifecycle import end_with_children
-from spectral.oodset import generate_ood
+from spectral.runtime.stage import start_stage
+from spectral.stages.ood import OodConfig, generate_ood
 
 
 def main() -> None:
-    end_with_children()
-    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))["ood"]
-    folders = generate_ood(Path(sys.argv[1]), params["events"], params["seed"])
+    config = OodConfig.from_params(start_stage())
+    folders = generate_ood(Path(sys.argv[1]), config.events, config.seed)
     print(f"ood: wrote {len(folders)} events to {sys.argv[1]}")
 
 

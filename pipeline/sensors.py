@@ -1,22 +1,16 @@
 """DVC stage `sensors`: event folders → sensor feature Parquet + report (params: splits, sensors.*)."""
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
-import yaml
-
-from spectral.features.table import run_sensors
-from spectral.lifecycle import end_with_children
+from spectral.runtime.stage import start_stage
+from spectral.stages.sensors import SensorsConfig, run_sensors
 
 
 def main() -> None:
-    end_with_children()
-    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
-    sensors = params["sensors"]
-    report = run_sensors(Path(sys.argv[1]), Path(sys.argv[2]), params["splits"], strict=sensors["strict"],
-                         max_rejected_fraction=sensors["max_rejected_fraction"],
-                         missing_modality=params["missing_modality"],
-                         links_outside_events=params["links_outside_events"])
+    config = SensorsConfig.from_params(start_stage())
+    report = run_sensors(Path(sys.argv[1]), Path(sys.argv[2]), **asdict(config))
     print(f"sensors: {report['accepted_count']} accepted ({report['reused']} with features reused), "
           f"{report['rejected_count']} rejected of {report['inputs']}")
     for rejection in report["rejected"]:

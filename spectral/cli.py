@@ -1,51 +1,88 @@
-"""`spectral` command line: each subcommand is one library call, the same one its DVC stage makes."""
+"""`spectral` command line: a stage's subcommand is one library call with the config its DVC stage builds
+(params.yaml, then -S overrides); predict, report and verify work on what the stages made."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
-from spectral.events import DEFAULT_MAX_REJECTED_FRACTION, LINK_POLICIES, MISSING_MODALITY_POLICIES
-from spectral.frames import FORMATS
-from spectral.splits import SPLITS
+from spectral.runtime.stage import configure_logging
 
 
-def _splits(text: str) -> dict[str, float]:
-    values = [float(v) for v in text.split(",")]
-    if len(values) != len(SPLITS):
-        raise argparse.ArgumentTypeError("give three fractions: train,val,test")
-    return dict(zip(SPLITS, values, strict=True))
+class EventsFailed(RuntimeError):
+    """Some events got an error object instead of a prediction: exit status 1, not 0."""
+
+
+def stage_params(args: argparse.Namespace) -> dict:
+    """params.yaml as the stage reads it (or the defaults where there is none), with the command's -S overrides."""
+    from spectral.runtime.params import load_params
+
+    return load_params(None if args.params == "none" else Path(args.params), args.set)
+
+
+def stage_config(args: argparse.Namespace) -> object:
+    """The config the subcommand runs: its stage's config class built from the params, as the stage builds it."""
+    return args.config_class().from_params(stage_params(args))
+
+
+def _synth_config():
+    from spectral.stages.synth import SynthStageConfig
+
+    return SynthStageConfig
+
+
+def _ood_config():
+    from spectral.stages.ood import OodConfig
+
+    return OodConfig
+
+
+def _decode_config():
+    from spectral.stages.decode import DecodeConfig
+
+    return DecodeConfig
+
+
+def _sensors_config():
+    from spectral.stages.sensors import SensorsConfig
+
+    return SensorsConfig
+
+
+def _embed_config():
+    from spectral.stages.embed import EmbedConfig
+
+    return EmbedConfig
+
+
+def _train_config():
+    from spectral.stages.train import TrainConfig
+
+    return TrainConfig
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
-    from spectral.synth import SynthConfig, generate
+    from spectral.stages.synth import run_synth
 
-    cfg = SynthConfig(fps=args.fps, duration_s=args.duration, width=args.width, height=args.height,
-                      difficulty=args.difficulty, label_noise=args.label_noise)
-    folders = generate(args.out, args.events, args.seed, cfg, workers=args.workers)
+    folders = run_synth(args.out, stage_config(args))
     print(f"wrote {len(folders)} events to {args.out}")
 
 
-def _cmd_ood_set(args: argparse.Namespace) -> None:
-    from spectral.oodset import generate_ood
+def _cmd_ood(args: argparse.Namespace) -> None:
+    from spectral.stages.ood import generate_ood
 
-    folders = generate_ood(args.out, args.events, args.seed)
+    cfg = stage_config(args)
+    folders = generate_ood(args.out, cfg.events, cfg.seed)
     print(f"wrote {len(folders)} out-of-distribution events to {args.out}")
 
 
 def _cmd_decode(args: argparse.Namespace) -> None:
-    from spectral.decode import DecodeConfig, run_decode
-    from spectral.distributed import stage_ranks
+    from spectral.runtime.distributed import stage_ranks
+    from spectral.stages.decode import run_decode
 
-    cfg = DecodeConfig(num_frames=args.frames, size=args.size, audio_seconds=args.audio_seconds,
-                       backend=args.backend, splits=args.splits,
-                       frame_format=args.frame_format, jpeg_quality=args.jpeg_quality, shard_events=args.shard_events,
-                       max_shard_events=4 * args.shard_events, workers=args.workers, strict=args.strict,
-                       max_rejected_fraction=args.max_rejected_fraction, missing_modality=args.missing_modality,
-                       links_outside_events=args.links_outside_events)
+    cfg = stage_config(args)
     with stage_ranks() as ranks:  # under `torchrun ... -m spectral decode`, one rank of it
         report = run_decode(args.events_dir, args.out_dir, cfg, ranks)
     if not ranks.is_main:
@@ -55,20 +92,19 @@ def _cmd_decode(args: argparse.Namespace) -> None:
 
 
 def _cmd_sensors(args: argparse.Namespace) -> None:
-    from spectral.features.table import run_sensors
+    from dataclasses import asdict
 
-    report = run_sensors(args.events_dir, args.out, args.splits, strict=args.strict,
-                         max_rejected_fraction=args.max_rejected_fraction, missing_modality=args.missing_modality,
-                       links_outside_events=args.links_outside_events)
+    from spectral.stages.sensors import run_sensors
+
+    report = run_sensors(args.events_dir, args.out, **asdict(stage_config(args)))
     print(f"accepted {report['accepted_count']}, rejected {report['rejected_count']}; table: {args.out}")
 
 
 def _cmd_embed(args: argparse.Namespace) -> None:
-    from spectral.distributed import stage_ranks
-    from spectral.embed import EmbedConfig, run_embed
+    from spectral.runtime.distributed import stage_ranks
+    from spectral.stages.embed import run_embed
 
-    cfg = EmbedConfig(backbone=args.backbone, weights=args.weights, device=args.device, precision=args.precision,
-                      batch_frames=args.batch_frames, cpu_threads=args.cpu_threads, reuse=args.reuse)
+    cfg = stage_config(args)
     with stage_ranks() as ranks:
         result = run_embed(args.decoded_dir, args.out_dir, cfg, ranks)
     if ranks.is_main:
@@ -76,38 +112,44 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from spectral.training import TrainConfig, train
+    from spectral.stages.train import train
 
-    cfg = TrainConfig(max_epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      logger=args.logger)
-    summary = train(args.embed_dir, args.sensors, args.out_dir, cfg, args.weights)
+    summary = train(args.embed_dir, args.sensors, args.out_dir, stage_config(args))
     if summary is not None:  # None on DDP ranks other than 0
         print(json.dumps(summary, indent=2))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from spectral.evaluation import evaluate, format_report
+    from spectral.stages.evaluate import evaluate, format_report
 
     print(format_report(evaluate(args.model, args.embed_dir, args.sensors, args.metrics, args.plots,
                                  ood_dir=args.ood)))
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from spectral.evaluation import format_report
+    from spectral.stages.evaluate import format_report
 
     print(format_report(json.loads(args.metrics.read_text(encoding="utf-8"))))
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
     from spectral.inference import Predictor
 
     predictor = Predictor(args.model, device=args.device)
-    for result in predictor.predict(args.events, batch_size=args.batch_size):
+    failed = 0
+    results = predictor.predict(args.events, batch_size=args.batch_size)
+    for result in tqdm(results, total=len(args.events), desc="predict", unit="event", file=sys.stderr):
+        failed += "error" in result
         print(json.dumps(result, ensure_ascii=False), flush=True)
+    if failed:  # every result is on stdout; the exit status says not all of them are predictions
+        raise EventsFailed(f"{failed} of {len(args.events)} event(s) could not be classified (their error objects "
+                           f"are on stdout)")
 
 
 def _cmd_verify(args: argparse.Namespace) -> None:
-    from spectral.reuse import read_complete_index, verify_all
+    from spectral.runtime.reuse import read_complete_index, verify_all
 
     damaged = 0
     for folder in args.folders:
@@ -125,88 +167,47 @@ def _cmd_verify(args: argparse.Namespace) -> None:
                            f"the committed ones)")
 
 
+def _stage_parser(sub, name: str, help_text: str, config_class, func) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text, description=f"{help_text}. Runs what the `{name}` DVC stage runs: "
+                       f"its config comes from params.yaml (defaults where there is none), overridden by -S.")
+    p.add_argument("--params", default="params.yaml",
+                   help="the params file to read (default: params.yaml when present; 'none': the defaults)")
+    p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one param, as `dvc exp run -S` does (e.g. -S video.num_frames=16); repeatable")
+    p.set_defaults(func=func, config_class=config_class)  # a function returning the class: imported when run
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spectral", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("synth", help="write synthetic event folders (demo and test data)")
+    p = _stage_parser(sub, "synth", "write synthetic event folders (demo and test data)", _synth_config, _cmd_synth)
     p.add_argument("out", type=Path)
-    p.add_argument("--events", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fps", type=int, default=30)
-    p.add_argument("--duration", type=float, default=5.0)
-    p.add_argument("--width", type=int, default=640)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--difficulty", type=float, default=0.5)
-    p.add_argument("--label-noise", type=float, default=0.03)
-    p.add_argument("--workers", type=int, default=2)
-    p.set_defaults(func=_cmd_synth)
 
-    p = sub.add_parser("ood-set", help="write out-of-distribution event folders (real photos, lavfi, speech-like)")
+    p = _stage_parser(sub, "ood", "write out-of-distribution event folders (real photos, lavfi, speech-like)",
+                      _ood_config, _cmd_ood)
     p.add_argument("out", type=Path)
-    p.add_argument("--events", type=int, default=60)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_ood_set)
 
-    p = sub.add_parser("decode", help="event folders -> WebDataset shards of frames + audio")
+    p = _stage_parser(sub, "decode", "event folders -> WebDataset shards of frames + audio", _decode_config,
+                      _cmd_decode)
     p.add_argument("events_dir", type=Path)
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--audio-seconds", type=float, default=5.0, help="audio window: trimmed or zero-padded to it")
-    p.add_argument("--backend", choices=("pyav", "decord"), default="pyav")
-    p.add_argument("--splits", type=_splits, default=_splits("0.7,0.15,0.15"))
-    p.add_argument("--frame-format", choices=FORMATS, default="h264", help="how frames are stored (README)")
-    p.add_argument("--jpeg-quality", type=int, default=95)
-    p.add_argument("--shard-events", type=int, default=16, help="mean events per content-defined shard")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--strict", action="store_true", help="stop at the first rejected event")
-    p.add_argument("--max-rejected-fraction", type=float, default=DEFAULT_MAX_REJECTED_FRACTION,
-                   help="fail when more of the events than this are rejected")
-    p.add_argument("--missing-modality", choices=MISSING_MODALITY_POLICIES, default="reject",
-                   help="keep: an event whose file of this stage is missing/undecodable is kept, the modality masked")
-    p.add_argument("--links-outside-events", choices=LINK_POLICIES, default="refuse",
-                   help="follow: read symlinks that resolve outside the events folder and its DVC cache")
-    p.set_defaults(func=_cmd_decode)
 
-    p = sub.add_parser("sensors", help="event folders -> Parquet table of sensor features")
+    p = _stage_parser(sub, "sensors", "event folders -> Parquet table of sensor features", _sensors_config,
+                      _cmd_sensors)
     p.add_argument("events_dir", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--splits", type=_splits, default=_splits("0.7,0.15,0.15"))
-    p.add_argument("--strict", action="store_true")
-    p.add_argument("--max-rejected-fraction", type=float, default=DEFAULT_MAX_REJECTED_FRACTION,
-                   help="fail when more of the events than this are rejected")
-    p.add_argument("--missing-modality", choices=MISSING_MODALITY_POLICIES, default="reject",
-                   help="keep: an event whose file of this stage is missing/undecodable is kept, the modality masked")
-    p.add_argument("--links-outside-events", choices=LINK_POLICIES, default="refuse",
-                   help="follow: read symlinks that resolve outside the events folder and its DVC cache")
-    p.set_defaults(func=_cmd_sensors)
 
-    p = sub.add_parser("embed", help="decoded shards -> frozen-backbone frame embedding shards")
+    p = _stage_parser(sub, "embed", "decoded shards -> frozen-backbone frame embedding shards", _embed_config,
+                      _cmd_embed)
     p.add_argument("decoded_dir", type=Path)
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--backbone", default="tf_efficientnet_lite0")
-    p.add_argument("--weights", default="packaged", help="packaged | hub | path to a weights file")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    p.add_argument("--batch-frames", type=int, default=64)
-    p.add_argument("--cpu-threads", type=int, default=2,
-                   help="intra-op threads per process on CPU (they change the CPU embedding bytes by ~1e-5)")
-    p.add_argument("--reuse", default="recipe", choices=("recipe", "same_device"),
-                   help="reuse shards made with the same recipe on any machine, or only on this device")
-    p.set_defaults(func=_cmd_embed)
 
-    p = sub.add_parser("train", help="train the fusion model on cached shards")
+    p = _stage_parser(sub, "train", "train the fusion model on cached shards", _train_config, _cmd_train)
     p.add_argument("embed_dir", type=Path)
     p.add_argument("sensors", type=Path)
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--weights", default="packaged", help="backbone weights source, as used by embed")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--logger", default="dvclive", choices=("dvclive", "wandb", "none"))
-    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="test-split metrics, calibration, OOD, ablation and plots")
     p.add_argument("model", type=Path)
@@ -228,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify raw event folders; one JSON object per event")
     p.add_argument("events", type=Path, nargs="+")
-    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--model", type=Path, default=Path("models/model.pt"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=_cmd_predict)
@@ -236,10 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except EventsFailed as err:
+        print(f"spectral {args.command}: {err}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"spectral {args.command}: error: {err}", file=sys.stderr)
         return 2

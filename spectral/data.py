@@ -1,7 +1,7 @@
 """Training data: cached embedding shards read by random access, joined to the sensor table.
 
 The sensor table is one small row per event, so it is held in memory and looked up by
-event name (`spectral.keys`). Labels come from that table, not the shards: relabelling an
+event name (`spectral.runtime.keys`). Labels come from that table, not the shards: relabelling an
 event re-runs the cheap sensors stage, never decode or embed.
 
 Shards are read as map-style datasets: each event's tar members are located once from the
@@ -33,9 +33,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from spectral.features.sensors import SENSOR_FEATURES
 from spectral.io.audio import from_pcm16
-from spectral.keys import event_name
-from spectral.reuse import read_complete_index
-from spectral.shards import shard_split
+from spectral.runtime.keys import event_name
+from spectral.runtime.reuse import read_complete_index
+from spectral.runtime.shards import shard_split
 
 DEFAULT_MAX_LEFT_OUT_FRACTION = 0.01
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]

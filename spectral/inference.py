@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spectral.decode import decode_event
 from spectral.events import (
     SENSORS_FILE,
     EventError,
@@ -31,9 +30,10 @@ from spectral.events import (
     display_name,
 )
 from spectral.features.sensors import missing_features, sensor_features
-from spectral.frames import stored_frames
 from spectral.io.audio import TARGET_RATE, from_pcm16
 from spectral.io.errors import is_invalid_table
+from spectral.io.event import decode_event
+from spectral.io.frames import stored_frames
 from spectral.io.video import check_backend
 from spectral.models.artifact import load_model
 from spectral.models.fusion import SpectralFusionModel

@@ -9,13 +9,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from spectral.decode import DecodeConfig, run_decode  # noqa: E402
-from spectral.embed import EmbedConfig, run_embed  # noqa: E402
-from spectral.features.table import run_sensors  # noqa: E402
-from spectral.synth import SynthConfig, generate  # noqa: E402
+from spectral.stages.decode import DecodeConfig, run_decode  # noqa: E402
+from spectral.stages.embed import EmbedConfig, run_embed  # noqa: E402
+from spectral.stages.sensors import run_sensors  # noqa: E402
+from spectral.stages.synth import SynthConfig, generate  # noqa: E402
+from spectral.stages.train import TrainConfig, train  # noqa: E402
 
 TINY_SYNTH = SynthConfig(fps=10, duration_s=2.0, width=128, height=64)
-TINY_DECODE = DecodeConfig(num_frames=4, size=224, workers=1, splits={"train": 0.6, "val": 0.2, "test": 0.2})
+TINY_DECODE = DecodeConfig(num_frames=4, size=224, audio_seconds=5.0, workers=1, missing_modality="reject",
+                           splits={"train": 0.6, "val": 0.2, "test": 0.2})
 # Users name events: dates with dots, spaces, accents. Every stage test meets such names.
 USER_NAMES = {"event_00003": "event_2026.11.27_porão", "event_00007": "event_sala de estar 7",
               "event_00011": "event_x%20.v2"}
@@ -49,3 +51,11 @@ def embedded(decoded, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("embeddings")
     run_embed(decoded, out, EmbedConfig(batch_frames=32))
     return out
+
+
+@pytest.fixture(scope="session")
+def trained(embedded, sensor_table, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    cfg = TrainConfig(max_epochs=4, batch_size=4, precision="32-true", early_stopping_patience=10)
+    summary = train(embedded, sensor_table, out, cfg, dvclive_dir=out / "dvclive")
+    return out, summary

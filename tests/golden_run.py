@@ -21,15 +21,16 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from spectral.decode import DecodeConfig, run_decode
-from spectral.features.table import run_sensors
-from spectral.oodset import VIDEO_SOURCES, write_ood_event
-from spectral.reuse import output_files
-from spectral.synth import SynthConfig, generate
+from spectral.runtime.reuse import output_files
+from spectral.stages.decode import DecodeConfig, run_decode
+from spectral.stages.ood import VIDEO_SOURCES, write_ood_event
+from spectral.stages.sensors import run_sensors
+from spectral.stages.synth import SynthConfig, generate
 
 DIGESTS = Path(__file__).with_name("golden_digests.json")
 SYNTH = SynthConfig(fps=10, duration_s=2.0, width=128, height=64)
-DECODE = DecodeConfig(num_frames=4, size=224, workers=1, splits={"train": 0.5, "val": 0.25, "test": 0.25})
+DECODE = DecodeConfig(num_frames=4, size=224, audio_seconds=5.0, workers=1, missing_modality="reject",
+                      splits={"train": 0.5, "val": 0.25, "test": 0.25})
 NAMES = ["event_2026.11.27_porão", "event_sala de estar", "event_a", "event_b"]
 
 

@@ -20,8 +20,10 @@ import pytest
 import torch
 import yaml
 
-from spectral.incremental import CLEAN_RUN_ENV
-from spectral.provenance import git_blob_id
+from spectral.runtime.incremental import CLEAN_RUN_ENV
+from spectral.runtime.provenance import git_blob_id
+
+pytestmark = pytest.mark.slow
 
 PROJECT = Path(__file__).resolve().parents[1]
 STAGES = ("synth", "ood", "decode", "sensors", "embed", "train", "evaluate")
@@ -90,6 +92,8 @@ def repo(tmp_path_factory) -> Path:
     run(["git", "init", "-q", "-b", "main"], root)
     dvc(root, "init", "-q")
     dvc(root, "config", "core.analytics", "false")
+    shutil.copytree(PROJECT / ".dvc" / "plots", root / ".dvc" / "plots")  # the offline page and custom templates
+    dvc(root, "config", "plots.html_template", "plots/page.html")
     set_params(root, TINY)
     commit(root, "tiny project")
     output = dvc(root, "repro")
@@ -104,23 +108,49 @@ def spectral_cli(repo: Path, *args: str) -> str:
 
 def test_full_repro_produces_every_output(repo):
     for path in ("data/decoded/report.json", "data/sensors.parquet", "data/embeddings/manifest.json",
-                 "models/model.pt", "metrics/evaluate.json", "plots/confusion_matrix.png", "dvclive/metrics.json"):
+                 "models/model.pt", "metrics/evaluate.json", "plots/confusion_matrix.png", "dvclive/metrics.json",
+                 "models/MODEL_CARD.md", "metrics/train.json"):
         assert (repo / path).is_file(), path
     assert "accuracy" in dvc(repo, "metrics", "show")
     report = spectral_cli(repo, "report", "metrics/evaluate.json")
     assert "macro-F1" in report and "out-of-distribution" in report and "temperature" in report
-    lines = spectral_cli(repo, "predict", "data/demo_events/event_00000", "--model", "models/model.pt").splitlines()
-    result = json.loads(lines[-1])
+    output = spectral_cli(repo, "predict", "data/demo_events/event_00000")  # --model: models/model.pt
+    (result,) = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     assert result["event"] == "event_00000" and result["class"] in result["probabilities"]
     assert result["missing"] == [] and "in_distribution" in result
     # README, "Trusting a prediction": the OOD flag measured on folders of your own
-    spectral_cli(repo, "ood-set", "own_ood", "--events", "2", "--seed", "5")
+    spectral_cli(repo, "ood", "own_ood", "-S", "ood.events=2", "-S", "ood.seed=5")
     output = spectral_cli(repo, "evaluate", "models/model.pt", "data/embeddings", "data/sensors.parquet", "--ood",
                           "own_ood", "--metrics", "own_ood.json", "--plots", "own_ood_plots")
     assert "out-of-distribution (mahalanobis)" in output and "on 2 OOD vs" in output
     shutil.rmtree(repo / "own_ood")
     shutil.rmtree(repo / "own_ood_plots")
     (repo / "own_ood.json").unlink()
+
+
+def test_the_plots_page_is_offline_and_holds_every_series(repo, tmp_path):
+    """`dvc plots show` writes a page whose scripts are all inline (it renders without a network) and that holds
+    the reliability diagram's two series, the OOD histogram of both groups, the ablation bars and the confusion."""
+    dvc(repo, "plots", "show", "-o", str(tmp_path / "page"))
+    html = (tmp_path / "page" / "index.html").read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]*\bsrc\s*=", html) and "vega-embed" in html
+    for plot in ("Reliability_before_and_after", "plots_confusion_csv", "OOD_score__test_split", "Macro-F1_by_"):
+        assert re.search(rf'<div id = "{plot}', html), plot
+    assert '"filename": "reliability_before.csv"' in html and '"filename": "reliability_after.csv"' in html
+    assert '"group": "OOD set"' in html and '"group": "test split"' in html and "OOD threshold" in html
+    assert '"modalities": "only video"' in html and '"actual": ' in html
+
+
+def test_a_stage_command_with_no_flags_makes_the_stage_bytes(repo, tmp_path):
+    """`spectral decode` and `spectral train` read params.yaml as their stages do: the same shards, the same model
+    (train run from another folder, so its DVCLive files land there, with --params naming the project's file)."""
+    spectral_cli(repo, "decode", "data/demo_events", str(tmp_path / "decoded"))
+    stage = {p.name: p.read_bytes() for p in (repo / "data" / "decoded").glob("*.tar")}
+    assert stage and {p.name: p.read_bytes() for p in (tmp_path / "decoded").glob("*.tar")} == stage
+    run([str(Path(sys.executable).parent / "spectral"), "train", str(repo / "data" / "embeddings"),
+         str(repo / "data" / "sensors.parquet"), str(tmp_path / "models"), "--params", str(repo / "params.yaml")],
+        tmp_path, {"PYTHONPATH": str(repo)})
+    assert (tmp_path / "models" / "model.pt").read_bytes() == (repo / "models" / "model.pt").read_bytes()
 
 
 def test_editing_code_used_only_downstream_reruns_the_stages_that_run_it(repo):
@@ -250,8 +280,13 @@ def test_experiment_run_shows_metrics(repo):
     data = experiments[0]["revs"][0]["data"]
     headline = data["metrics"]["metrics/headline.json"]["data"]
     assert {"accuracy", "accuracy_low", "accuracy_high", "macro_f1", "ece"} <= set(headline)
-    assert "metrics/evaluate.json" not in data["metrics"]  # the detail is an output, not a column
+    # the headline and the exported checkpoint's validation metrics; the detail and DVCLive's last epoch are not columns
+    assert set(data["metrics"]) == {"metrics/headline.json", "metrics/train.json"}, data["metrics"]
+    assert {"val_loss", "val_acc", "val_f1", "epoch"} <= set(data["metrics"]["metrics/train.json"]["data"]["best"])
     assert data["params"]["params.yaml"]["data"]["train"]["lr"] == 0.003
+    # README's `dvc exp show --only-changed`, as CSV so no column is elided for the terminal's width
+    header = dvc(repo, "exp", "show", "--only-changed", "--csv").splitlines()[0].split(",")
+    assert "train.lr" in header and "macro_f1" in header and "decode.workers" not in header, header
 
 
 def test_killed_stage_leaves_nothing_half_written_and_rerun_matches(repo):

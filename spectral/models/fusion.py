@@ -62,7 +62,7 @@ class SpectralFusionModel(nn.Module):
             nn.Linear(512, FUSED_DIM), nn.ReLU(), nn.Dropout(0.3),
         )
         self.classifier = nn.Linear(FUSED_DIM, num_classes)
-        # identity until spectral.posthoc fits them on validation
+        # identity until spectral.models.posthoc fits them on validation
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("label_noise", torch.zeros(()))
         # per modality pattern (pattern_index order), a class bias added to the logits; zero for "all"
@@ -84,7 +84,7 @@ class SpectralFusionModel(nn.Module):
     def logits(self, features: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
         """The classifier's logits plus the class bias of each event's modality pattern. The absent-modality
         paths see a fraction of the training loss and can settle on a shifted class boundary (one training
-        seed called every correlated event humanoid without video); spectral.posthoc fits the shift back
+        seed called every correlated event humanoid without video); spectral.models.posthoc fits the shift back
         on validation."""
         logits = self.classifier(features)
         if present is None:
