@@ -49,7 +49,7 @@ def main() -> None:
                     f"--window-size={args.width},{args.height}", "--virtual-time-budget=15000",
                     f"--screenshot={screenshot}", page.as_uri()], check=True, capture_output=True, timeout=120)
     seconds = time.perf_counter() - started
-    plots = re.findall(r'<div id="([^"]+)"', html)
+    plots = re.findall(r'<div id\s*=\s*"([^"]+)"', html)
     result = {"page": str(args.out / "index.html"), "page_bytes": len(html.encode()),
               "scripts": page_scripts(html), "plots": plots, "screenshot": "bench/results/plots_page.png",
               "render_seconds": round(seconds, 2)}

@@ -152,6 +152,15 @@ def modality_dropout(d: dict) -> list[str]:
             f"candidate = modality dropout {d['candidate_dropout']}.", "", *_table(["modality absent", *recipes], rows)]
 
 
+def plots_page(d: dict) -> list[str]:
+    scripts = d["scripts"]
+    return [f"![the page](results/{Path(d['screenshot']).name})", "", *_table(
+        ["claim", "result"], [["plots on the page", len(d["plots"])],
+                              ["scripts loaded by URL (remote / in all)", f"{scripts['remote']} / {scripts['by_src']}"],
+                              ["inline scripts (Vega, Vega-Lite, Vega-Embed, one per plot)", scripts["inline"]],
+                              ["rendered by headless Chromium with no network", f"{d['render_seconds']} s"]])]
+
+
 # (results file, title, command, renderer, what it shows: prose without numbers)
 SECTIONS: list[tuple[str, str, str, Callable[[dict], list[str]], str]] = [
     ("scale_incremental.json", "Nightly cost of a growing archive",
@@ -165,6 +174,10 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict], list[str]], str]] = [
      "Grades: repaired (outputs byte-identical to a clean run), loud (a command failed naming the cause, and "
      "`dvc repro` gave the clean bytes once the fault was gone), handled (an input fault: the event is accounted for "
      "with its reason). A silent loss or a hang fails the bench."),
+    ("plots_page.json", "`dvc plots show` offline", "python bench/plots_page.py", plots_page,
+     "The page DVC writes with `.dvc/plots/page.html`: the reliability diagram before and after calibration as two "
+     "series, the confusion matrix, the OOD scores of the test split and the OOD set against the flag's threshold, "
+     "and the modality ablation as bars, then DVCLive's training curves."),
     ("scale.json", "Decode and sensors at growing sizes", "python bench/scale.py", scale,
      "Wall time grows linearly and peak memory stays flat with the archive."),
     ("frame_cache.json", "Frame cache formats", "python bench/frame_cache.py", frame_cache,

@@ -19,6 +19,7 @@ def model_card(metrics: dict, config: dict, model_path: Path, events_source: str
     """Markdown for `models/MODEL_CARD.md`. `events_source` is `data.events`: the demo's synthetic events or the
     user's recordings."""
     backbone, intervals, calibration = config["backbone"], metrics["intervals"], metrics["calibration"]
+    noise = calibration["label_noise"]
     synthetic = Path(events_source).as_posix().rstrip("/") == DEMO_EVENTS
     data = ("**synthetic** demo events made by `spectral synth`: they show the pipeline works, not how the model "
             "does on real recordings" if synthetic else f"the recordings in `{events_source}`")
@@ -66,8 +67,9 @@ def model_card(metrics: dict, config: dict, model_path: Path, events_source: str
         "",
         "## Calibration",
         "",
-        f"Temperature {calibration['temperature']:.3f} and label-noise floor {calibration['label_noise']:.4f}, fitted "
-        "on the validation split: no class probability goes below the floor, nor above one minus it.",
+        f"Temperature {calibration['temperature']:.3f} and label noise {noise:.4f}, fitted on the validation split: "
+        f"every class probability lies between {noise / (len(config['class_names']) - 1):.4f} and {1 - noise:.4f}, "
+        "so no answer is ever fully certain.",
         "",
         "## Missing modalities",
         "",
