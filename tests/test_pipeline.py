@@ -286,7 +286,9 @@ def test_experiment_run_shows_metrics(repo):
     assert data["params"]["params.yaml"]["data"]["train"]["lr"] == 0.003
     # README's `dvc exp show --only-changed`, as CSV so no column is elided for the terminal's width
     header = dvc(repo, "exp", "show", "--only-changed", "--csv").splitlines()[0].split(",")
-    assert "train.lr" in header and "macro_f1" in header and "decode.workers" not in header, header
+    # (DVC names a column by the shortest unambiguous tail of its key; on this tiny set the headline may not move)
+    assert any(c.endswith("lr") for c in header), header
+    assert not any(c.endswith(("workers", "num_frames", "batch_frames")) for c in header), header
 
 
 def test_killed_stage_leaves_nothing_half_written_and_rerun_matches(repo):
