@@ -43,6 +43,21 @@ def check_bit_exact_size(width: int, height: int) -> None:
         raise ValueError(f"video width must be a multiple of 128 and height a multiple of 4, got {width}x{height}")
 
 
+def add_bit_exact_h264(container: av.container.OutputContainer, fps: int, crf: int, width: int,
+                       height: int) -> av.video.stream.VideoStream:
+    """A lossy yuv420p H.264 stream whose bytes depend only on its frames: one thread, FFmpeg's bitexact flags,
+    and x264's C code alone (`asm=0`). x264's CPU-specific paths are not bit-exact with each other in lossy
+    encoding: measured on one AVX-512 machine, SIMD and C-only gave different bytes for every demo clip, and
+    the demo's 500 clips differed between an AVX2 and an AVX-512 machine. C only costs ~3x the encode time."""
+    check_bit_exact_size(width, height)
+    stream = container.add_stream("libx264", rate=fps, options={"preset": "veryfast", "crf": str(crf),
+                                                                "x264-params": "asm=0"})
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.codec_context.thread_count = 1
+    stream.codec_context.flags |= av.codec.context.Flags.bitexact
+    return stream
+
+
 def yuv420p_frame(planes: list[np.ndarray], pts: int) -> av.VideoFrame:
     """An FFmpeg yuv420p frame ([Y; U; V] rows of width w).
 

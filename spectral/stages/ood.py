@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from spectral.events import AUDIO_FILE, METADATA_FILE, SENSORS_FILE, VIDEO_FILE
-from spectral.io.yuv import check_bit_exact_size, yuv420p_frame, yuv_planes
+from spectral.io.yuv import add_bit_exact_h264, yuv420p_frame, yuv_planes
 from spectral.runtime.params import build_config
 
 AUDIO_RATE = 44_100
@@ -76,16 +76,11 @@ def _lavfi(source: str, seed: int, frames: int, w: int, h: int, fps: int) -> lis
 
 
 def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
-    """H.264 like a phone's, written single-threaded and bit-exact so a re-run gives the same files: the
+    """H.264 like a phone's, bit-exact (spectral.io.yuv.add_bit_exact_h264) so a re-run gives the same files: the
     frames go in as yuv420p built by the generator's own conversion (handing FFmpeg rgb24 at these widths
     gave different bytes from run to run under load: swscale)."""
     with av.open(str(path), "w", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream("libx264", rate=fps, options={"preset": "veryfast", "crf": "23"})
-        stream.height, stream.width = frames[0].shape[:2]
-        check_bit_exact_size(stream.width, stream.height)
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.thread_count = 1
-        stream.codec_context.flags |= av.codec.context.Flags.bitexact
+        stream = add_bit_exact_h264(container, fps, 23, frames[0].shape[1], frames[0].shape[0])
         for index, frame in enumerate(frames):
             for packet in stream.encode(yuv420p_frame(yuv_planes(frame.astype(np.float32)), index)):
                 container.mux(packet)

@@ -24,7 +24,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from spectral.events import AUDIO_FILE, CLASS_NAMES, METADATA_FILE, SENSORS_FILE, VIDEO_FILE
-from spectral.io.yuv import RGB_TO_YUV, check_bit_exact_size, weighted_channels, yuv420p_frame, yuv_planes
+from spectral.io.yuv import (
+    RGB_TO_YUV,
+    add_bit_exact_h264,
+    check_bit_exact_size,
+    weighted_channels,
+    yuv420p_frame,
+    yuv_planes,
+)
 from spectral.runtime.lifecycle import die_with_parent
 from spectral.runtime.params import build_config
 
@@ -247,10 +254,7 @@ def _render_video(rng: np.random.Generator, plan: _Plan, cfg: SynthConfig, path:
     seconds = np.arange(frames) / cfg.fps
     visibility = np.clip(plan.strength * 1.2, 0.25, 1.0) * np.clip(1.5 - abs(seconds - plan.event_time), 0, 1)
     with av.open(str(path), "w", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream("libx264", rate=cfg.fps, options={"preset": "veryfast", "crf": "26"})
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.thread_count = 1  # single-threaded x264 is bit-exact
-        stream.codec_context.flags |= av.codec.context.Flags.bitexact
+        stream = add_bit_exact_h264(container, cfg.fps, 26, w, h)
         for i in range(frames):
             planes = [plane * np.float32(flicker[i]) for plane in background]
             progress = i / max(frames - 1, 1)

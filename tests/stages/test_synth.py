@@ -73,3 +73,28 @@ def test_the_ood_sets_writer_refuses_them_too(tmp_path):
 
     with pytest.raises(ValueError, match="multiple of 128"):
         _write_video(tmp_path / "video.mp4", [np.zeros((240, 320, 3), np.uint8)] * 2, 30)
+
+
+@pytest.mark.parametrize("stage", ["synth", "ood"])
+def test_generated_video_is_x264s_c_code_alone_the_same_bytes_on_every_cpu(stage, tmp_path, monkeypatch):
+    """x264's SIMD paths (chosen per CPU) encode lossy H.264 to other bytes than its C code: the demo's clips
+    differed between an AVX2 and an AVX-512 machine. Each generator's clip must be the C code's bytes: the same
+    event written again with every libx264 stream forced to `asm=0` is byte-identical."""
+    from spectral.stages.ood import write_ood_event
+    from spectral.stages.synth import write_event
+
+    def write(folder):
+        if stage == "synth":
+            write_event(folder, 0, 3, SynthConfig(fps=10, duration_s=1.0, width=256, height=192))
+        else:
+            write_ood_event(folder, 0, 2, seconds=1.0, fps=10)
+        return (folder / "video.mp4").read_bytes()
+
+    shipped = write(tmp_path / "shipped")
+    add_stream = av.container.OutputContainer.add_stream
+
+    def c_only(self, codec, rate=None, options=None, **kwargs):
+        return add_stream(self, codec, rate=rate, options={**(options or {}), "x264-params": "asm=0"}, **kwargs)
+
+    monkeypatch.setattr(av.container.OutputContainer, "add_stream", c_only)
+    assert write(tmp_path / "c_only") == shipped
