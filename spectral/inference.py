@@ -39,6 +39,10 @@ from spectral.models.artifact import load_model
 from spectral.models.fusion import SpectralFusionModel
 from spectral.models.modalities import MODALITIES
 
+# what an answer's "decision" says: the class and confidence can be acted on, or the event is unlike
+# anything the model was trained on (docs/trusting-a-prediction.md)
+CLASSIFIED, OUT_OF_DISTRIBUTION = "classified", "out_of_distribution"
+
 
 @dataclass
 class PreparedEvent:
@@ -120,16 +124,21 @@ class Predictor:
         """Predictions for one batch of prepared events."""
         out = self.model.predict(*self.tensors(pending))
         for i, event in enumerate(pending):
+            familiar = bool(out["in_distribution"][i])
+            probabilities = {c: round(float(p), 6)
+                             for c, p in zip(self.class_names, out["probabilities"][i].tolist(), strict=True)}
             yield {
                 "event": event.name,
+                "decision": CLASSIFIED if familiar else OUT_OF_DISTRIBUTION,
                 "class": self.class_names[int(out["index"][i])],
-                "confidence": round(float(out["confidence"][i]), 6),
-                "probabilities": {c: round(float(p), 6)
-                                  for c, p in zip(self.class_names, out["probabilities"][i].tolist(), strict=True)},
+                # unlike anything trained on: the model's numbers are not a probability of being right there
+                "confidence": round(float(out["confidence"][i]), 6) if familiar else None,
+                "probabilities": probabilities if familiar else None,
+                "model_probabilities": probabilities,
                 "missing": [m for m in MODALITIES if m in event.missing],
                 "missing_reasons": event.missing,
                 "ood_score": round(float(out["ood_score"][i]), 4),
-                "in_distribution": bool(out["in_distribution"][i]),
+                "ood_threshold": round(float(out["ood_threshold"][i]), 4),
                 "warnings": event.warnings,
             }
 

@@ -23,6 +23,7 @@ from spectral.runtime.shards import read_samples
 from spectral.stages.decode import DecodeConfig, run_decode
 from spectral.stages.embed import EmbedConfig, run_embed
 from spectral.stages.evaluate import evaluate
+from spectral.stages.ood import write_ood_event
 
 
 def test_predict_schema_and_error_object_for_a_corrupt_event(trained, tiny_events, tmp_path):
@@ -41,15 +42,15 @@ def test_predict_schema_and_error_object_for_a_corrupt_event(trained, tiny_event
     assert [r["event"] for r in results] == ["event_00000", "event_broken", "event_00001", "event_missing",
                                              "event_relabelled"]
     ok = results[0]
-    assert set(ok) == {"event", "class", "confidence", "probabilities", "missing", "missing_reasons", "ood_score",
-                       "in_distribution", "warnings"}
-    assert abs(sum(ok["probabilities"].values()) - 1) < 1e-4 and ok["confidence"] == max(ok["probabilities"].values())
-    assert ok["missing"] == [] and isinstance(ok["in_distribution"], bool) and ok["ood_score"] >= 0
+    assert set(ok) == {"event", "decision", "class", "confidence", "probabilities", "model_probabilities", "missing",
+                       "missing_reasons", "ood_score", "ood_threshold", "warnings"}
+    assert abs(sum(ok["model_probabilities"].values()) - 1) < 1e-4
+    assert ok["missing"] == [] and ok["decision"] in ("classified", "out_of_distribution") and ok["ood_score"] >= 0
     # an undecodable video is an absent modality: classified from audio and sensors, with the reason
-    assert results[1]["missing"] == ["video"] and results[1]["class"] in results[1]["probabilities"]
+    assert results[1]["missing"] == ["video"] and results[1]["class"] in results[1]["model_probabilities"]
     assert results[1]["missing_reasons"]["video"].startswith("event_broken/video.mp4: cannot decode video")
     assert "does not exist" in results[3]["error"]
-    assert results[4]["probabilities"] == results[2]["probabilities"]  # labels are ignored entirely
+    assert results[4]["model_probabilities"] == results[2]["model_probabilities"]  # labels are ignored entirely
 
 
 def test_predict_refuses_a_backend_that_cannot_be_imported_before_any_event(trained, monkeypatch):
@@ -93,13 +94,13 @@ def test_predict_on_raw_events_agrees_with_evaluate(trained, tiny_events, embedd
     assert [r["event"] for r in results] == names and all("error" not in r for r in results)
     assert [r["class"] for r in results] == [r["predicted"] for r in rows]
     for result, row in zip(results, rows, strict=True):
-        for name, probability in result["probabilities"].items():
+        for name, probability in result["model_probabilities"].items():
             assert abs(probability - float(row[name])) < 1e-4
     # the tiny test split is small: the validation events, through the same cached path, too
     model, _ = load_model(out / "model.pt")
     names, video, audio, sensors, _ = cached_split(embedded, sensor_table, "val")
     cached = model.predict(video, audio, sensors)["probabilities"]
-    raw = torch.tensor([list(r["probabilities"].values())
+    raw = torch.tensor([list(r["model_probabilities"].values())
                         for r in predictor.predict([tiny_events / n for n in names], batch_size=3)])
     assert raw.argmax(dim=1).tolist() == cached.argmax(dim=1).tolist() and len(names) > 1
     assert (raw - cached).abs().max() < 1e-4
@@ -177,7 +178,7 @@ def test_a_zoo_of_user_recordings_goes_through_decode_embed_and_predict(trained,
     reason = results["event_cortado"]["missing_reasons"]["video"]
     assert reason.startswith("event_cortado/video.mp4: cannot decode video")
     for name in samples:
-        assert results[name]["class"] in results[name]["probabilities"], name
+        assert results[name]["class"] in results[name]["model_probabilities"], name
     assert results["event_x.270"]["warnings"] == ["audio: 5 sample(s) held NaN/inf and were replaced"]
     (imputed,) = results["event_poucos_sensores"]["warnings"]
     assert imputed.startswith("sensors: imputed accel_norm_mean, gyro_norm_mean")
@@ -214,8 +215,54 @@ def test_predict_classifies_events_with_missing_modalities_and_says_which(traine
         result = results[name]
         assert result["missing"] == missing, result
         assert result["missing_reasons"][missing[0]].startswith(reason)
-        assert result["class"] in result["probabilities"] and abs(sum(result["probabilities"].values()) - 1) < 1e-4
-        assert isinstance(result["in_distribution"], bool) and np.isfinite(result["ood_score"])
-    assert results["event_no_audio"]["probabilities"] == results["event_empty_audio"]["probabilities"]
-    assert results["event_no_audio"]["probabilities"] != results["event_00000"]["probabilities"]
+        probabilities = result["model_probabilities"]
+        assert result["class"] in probabilities and abs(sum(probabilities.values()) - 1) < 1e-4
+        assert result["decision"] in ("classified", "out_of_distribution") and np.isfinite(result["ood_score"])
+    assert results["event_no_audio"]["model_probabilities"] == results["event_empty_audio"]["model_probabilities"]
+    assert results["event_no_audio"]["model_probabilities"] != results["event_00000"]["model_probabilities"]
     assert results["event_nothing"]["error"].startswith("event_nothing: no modality could be read")
+
+
+@pytest.fixture(scope="module")
+def unfamiliar_events(tmp_path_factory):
+    """Media the demo generator never makes (the ood stage's): a photo filmed by a moving camera with speech-like
+    audio and the sensors of a walk; FFmpeg's testsrc2 with a pure tone and a magnet next to the phone."""
+    root = tmp_path_factory.mktemp("unfamiliar")
+    folders = [root / f"event_unfamiliar_{index}" for index in (0, 14)]
+    for index, folder in zip((0, 14), folders, strict=True):
+        write_ood_event(folder, 0, index)
+    return folders
+
+
+def test_an_event_like_the_training_data_is_classified_with_its_confidence(trained, tiny_events):
+    model, _ = load_model(trained[0] / "model.pt")
+    results = list(Predictor(trained[0] / "model.pt").predict(sorted(tiny_events.iterdir())))
+    classified = [r for r in results if r["decision"] == "classified"]
+    assert len(classified) >= len(results) // 2, [r["decision"] for r in results]
+    for result in classified:
+        assert result["ood_score"] <= result["ood_threshold"]
+        assert result["probabilities"] == result["model_probabilities"]
+        assert result["confidence"] == max(result["probabilities"].values())
+        assert result["class"] == max(result["probabilities"], key=result["probabilities"].get)
+
+
+def test_media_unlike_the_training_data_is_out_of_distribution_without_a_confidence(trained, unfamiliar_events):
+    results = list(Predictor(trained[0] / "model.pt").predict(unfamiliar_events))
+    for result in results:
+        assert result["decision"] == "out_of_distribution", result
+        assert result["ood_score"] > result["ood_threshold"]
+        assert result["confidence"] is None and result["probabilities"] is None
+        # the class is still there for whoever wants it, with the model's own numbers under their own name
+        assert result["class"] == max(result["model_probabilities"], key=result["model_probabilities"].get)
+
+
+def test_answers_are_not_saturated_on_unfamiliar_media_or_training_data(trained, tiny_events, unfamiliar_events):
+    """No answer at the 1 - ε ceiling (softmax(z/T) = 1 to six decimals), and two different unfamiliar events get
+    different answers: a saturated softmax gives every far-away input one and the same vector."""
+    model, _ = load_model(trained[0] / "model.pt")
+    ceiling = round(1 - float(model.label_noise), 6)
+    results = list(Predictor(trained[0] / "model.pt").predict([*sorted(tiny_events.iterdir()), *unfamiliar_events]))
+    vectors = [np.array(list(r["model_probabilities"].values())) for r in results]
+    assert max(v.max() for v in vectors) < ceiling, [v.max() for v in vectors]
+    first, second = vectors[-2:]
+    assert np.abs(first - second).max() > 1e-3, (first, second)

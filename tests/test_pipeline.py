@@ -116,8 +116,8 @@ def test_full_repro_produces_every_output(repo):
     assert "macro-F1" in report and "out-of-distribution" in report and "temperature" in report
     output = spectral_cli(repo, "predict", "data/demo_events/event_00000")  # --model: models/model.pt
     (result,) = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-    assert result["event"] == "event_00000" and result["class"] in result["probabilities"]
-    assert result["missing"] == [] and "in_distribution" in result
+    assert result["event"] == "event_00000" and result["class"] in result["model_probabilities"]
+    assert result["missing"] == [] and result["decision"] in ("classified", "out_of_distribution")
     # README, "Trusting a prediction": the OOD flag measured on folders of your own
     spectral_cli(repo, "ood", "own_ood", "-S", "ood.events=2", "-S", "ood.seed=5")
     output = spectral_cli(repo, "evaluate", "models/model.pt", "data/embeddings", "data/sensors.parquet", "--ood",

@@ -15,8 +15,8 @@ import torch
 from spectral.models.backbone import BackboneInfo, FrameEncoder, rebuild_frame_encoder
 from spectral.models.fusion import SpectralFusionModel
 
-FORMAT = "spectral-model/5"  # 3: absent-modality embeddings, temperature, OOD detector; 4: label-noise floor;
-# 5: class bias per modality pattern
+FORMAT = "spectral-model/6"  # 3: absent-modality embeddings, temperature, OOD detector; 4: label-noise floor;
+# 5: class bias per modality pattern; 6: branch embedding bounds
 
 
 def export_model(model: SpectralFusionModel, frame_encoder: FrameEncoder, config: dict, path: Path) -> int:

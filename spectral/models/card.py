@@ -15,6 +15,13 @@ def _interval(values: list[float]) -> str:
     return f"[{values[0]:.3f}, {values[1]:.3f}]"
 
 
+def _selective(selective: dict) -> str:
+    if selective["accuracy_kept"] is None:
+        return "The flag let no test event through."
+    return (f"The test events the flag lets through are right {selective['accuracy_kept']:.1%} of the time "
+            f"({selective['kept']} events; all test events: {selective['accuracy_all']:.1%}).")
+
+
 def model_card(metrics: dict, config: dict, model_path: Path, events_source: str) -> str:
     """Markdown for `models/MODEL_CARD.md`. `events_source` is `data.events`: the demo's synthetic events or the
     user's recordings."""
@@ -87,8 +94,12 @@ def model_card(metrics: dict, config: dict, model_path: Path, events_source: str
             f"The flag (Mahalanobis distance of the fused features, per modality pattern) separates the "
             f"{ood['ood_events']} events of the OOD set from the test split with AUROC {ood['auroc']:.3f} "
             f"{_interval(ood['auroc_interval'])}; it flags {ood['detection_rate']:.1%} of the OOD set and "
-            f"{ood['false_alarm_rate']:.1%} of the test split (false alarms). The softmax confidence is no OOD "
-            f"signal: 1 − max probability scores AUROC {ood['alternatives_auroc']['max_softmax']:.3f}. "
+            f"{ood['false_alarm_rate']:.1%} of the test split (false alarms). A flagged event's answer says "
+            f"`\"decision\": \"out_of_distribution\"` and carries no confidence. {_selective(ood['selective'])} "
+            f"Even unflagged, the model is less sure of unfamiliar media: median confidence "
+            f"{ood['answers']['OOD set']['median_confidence']:.3f} on the OOD set against "
+            f"{ood['answers']['test split']['median_confidence']:.3f} on the test split (1 − max probability as "
+            f"an OOD score: AUROC {ood['alternatives_auroc']['max_softmax']:.3f}). "
             "Media unlike both the training data and the OOD set is untested.",
             "",
         ]

@@ -6,11 +6,17 @@ two paths give the same logits up to the embedding cache's fp16 precision.
 
 Every sample carries a presence mask (spectral.models.modalities): a branch whose input is absent
 contributes a learned "absent" embedding instead of its output, so the fusion MLP knows "no
-microphone" from "a quiet room". Training replaces present branches by it at random (modality
-dropout) so that the absent embedding is learned and the model does not lean on one modality.
-The exported model also carries its calibration, a softmax temperature and a label-noise floor fitted on
-validation (spectral.models.calibration), and an out-of-distribution detector on the fused features
-(spectral.models.ood).
+microphone" from "a quiet room". Training's loss also counts each event with one present branch
+replaced by it (modality dropout, in expectation), so the absent embedding is learned and the model
+does not lean on one modality.
+
+Each present branch's embedding is clipped, per dimension, to the range the training events' embeddings
+span (fitted after training by spectral.models.posthoc): a ReLU network extrapolates linearly, so media
+far from anything trained on (white noise or speech through the audio CNN) would otherwise reach logits
+larger than any training event's and a softmax saturated at 1. The exported model also carries its
+calibration, a softmax temperature and a label-noise floor fitted on validation
+(spectral.models.calibration), and an out-of-distribution detector on the fused features
+(spectral.models.ood), which scores the embeddings unclipped.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from torch import nn
 from spectral.models.audio import AudioEncoder
 from spectral.models.backbone import FrameEncoder
 from spectral.models.calibration import calibrated_probabilities
-from spectral.models.modalities import MODALITIES, pattern_bits, presence_patterns
+from spectral.models.modalities import MODALITIES, pattern_bits, pattern_index, presence_patterns
 from spectral.models.ood import MahalanobisDetector
 from spectral.models.sensor import SensorEncoder
 
@@ -56,6 +62,10 @@ class SpectralFusionModel(nn.Module):
         self.audio = AudioEncoder(embedding_dim=256)
         self.sensors = SensorEncoder(num_sensor_features, embedding_dim=64)
         dims = (video_dim, self.audio.embedding_dim, self.sensors.embedding_dim)
+        self.branch_dims = dims
+        # per dimension of the concatenated branch embeddings; ±inf (no bound) until posthoc fits them
+        self.register_buffer("embedding_low", torch.full((sum(dims),), float("-inf")))
+        self.register_buffer("embedding_high", torch.full((sum(dims),), float("inf")))
         self.absent = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m, d in zip(MODALITIES, dims, strict=True)})
         self.fusion = nn.Sequential(
             nn.Linear(sum(dims), 512), nn.ReLU(), nn.Dropout(0.5),
@@ -73,9 +83,20 @@ class SpectralFusionModel(nn.Module):
                           sensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.video(video), self.audio(audio), self.sensors(sensors)
 
-    def fused(self, parts: tuple[torch.Tensor, ...] | list[torch.Tensor], present: torch.Tensor | None) -> torch.Tensor:
+    def bounded(self, parts: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each branch embedding clipped to its training range."""
+        lows, highs = self.embedding_low.split(self.branch_dims), self.embedding_high.split(self.branch_dims)
+        return [part.clamp(low.to(part.dtype), high.to(part.dtype))
+                for part, low, high in zip(parts, lows, highs, strict=True)]
+
+    def fused(self, parts: tuple[torch.Tensor, ...] | list[torch.Tensor], present: torch.Tensor | None,
+              bounded: bool = True) -> torch.Tensor:
         """[B, 128] penultimate features; absent branches (present[:, i] False) take their learned embedding.
-        torch.where keeps every parameter in the graph, as DDP needs, whatever a batch's mask."""
+        torch.where keeps every parameter in the graph, as DDP needs, whatever a batch's mask. bounded=False:
+        the embeddings as the branches made them, which the OOD detector scores (clipping would pull an
+        unfamiliar event towards the training data it is to be told apart from)."""
+        if bounded:
+            parts = self.bounded(parts)
         if present is not None:
             parts = [torch.where(present[:, i:i + 1], part, self.absent[m].to(part.dtype))
                      for i, (m, part) in enumerate(zip(MODALITIES, parts, strict=True))]
@@ -113,9 +134,10 @@ class SpectralFusionModel(nn.Module):
         score and flag."""
         if present is None:
             present = torch.ones(video.shape[0], len(MODALITIES), dtype=torch.bool, device=video.device)
-        features = self.fused(self.branch_embeddings(video, audio, sensors), present)
-        probabilities = self.calibrate(self.logits(features, present))
+        parts = self.branch_embeddings(video, audio, sensors)
+        probabilities = self.calibrate(self.logits(self.fused(parts, present), present))
         confidence, index = probabilities.max(dim=1)
-        scores = self.ood.score(features, present)
+        scores = self.ood.score(self.fused(parts, present, bounded=False), present)
         return {"index": index, "confidence": confidence, "probabilities": probabilities,
-                "ood_score": scores, "in_distribution": self.ood.in_distribution(scores, present)}
+                "ood_score": scores, "ood_threshold": self.ood.threshold[pattern_index(present)],
+                "in_distribution": self.ood.in_distribution(scores, present)}

@@ -28,6 +28,11 @@ MIN_VALIDATION_EVENTS = 100  # below this the temperature and the 95 % threshold
 # log grids: T over 0.05–20, ε over 1e-4–MAX_LABEL_NOISE plus 0; coarse, then fine around the coarse best
 TEMPERATURE_RANGE, LABEL_NOISE_RANGE = (0.05, 20.0), (1e-4, MAX_LABEL_NOISE)
 COARSE_STEPS, FINE_STEPS = 200, 20
+# The least probability the most confident training or validation event leaves to the other classes: the NLL fit
+# gains nothing from it on events it already gets right, so without a bound a small validation set (or an easy
+# one) drives T down until softmax(z/T) is 1 to machine precision and different events share one answer.
+# 1e-5 is ten steps of the answers' six decimals; it bounds T from below (spectral.models.posthoc.min_temperature).
+MIN_RESIDUAL = 1e-5
 # the class-bias ridge, on mean NLL: at 0.01 the demo's biases stay within ±0.8 logit while a collapsed
 # pattern's boundary moves back (docs/trusting-a-prediction.md); a pattern with fewer validation events
 # than MIN_BIAS_EVENTS gets no bias
@@ -79,14 +84,27 @@ def _grid_nll(logits: torch.Tensor, labels: torch.Tensor, temperatures: torch.Te
     return torch.stack(losses)
 
 
-def fit_calibration(logits: torch.Tensor, labels: torch.Tensor, label_noise: bool = True) -> tuple[float, float]:
-    """(T, ε) minimising the NLL of calibrated_probabilities: a log grid (T in 0.05–20, ε in 0 and
-    1e-4–0.4), then a 10× finer grid one coarse step either side of its best (T to ~0.3 %, ε to ~1 %).
-    A grid, not an optimiser, so the same logits give the same calibration on every machine. Fitting ε
-    with T keeps a few mislabeled events from inflating T. label_noise=False: temperature scaling alone
-    (ε = 0), the baseline bench/calibration.py measures against."""
+def min_temperature(logits: torch.Tensor, min_residual: float = MIN_RESIDUAL) -> float:
+    """The least T at which every event of `logits` leaves at least about `min_residual` to the classes it does
+    not pick: the runner-up alone gets exp(-gap/T) / (1 + Σ exp(-gap_c/T)) for the gap between the two largest
+    logits, so T ≥ largest gap / log(1 / min_residual)."""
+    top = logits.double().topk(2, dim=1).values
+    return float((top[:, 0] - top[:, 1]).max()) / math.log(1 / min_residual)
+
+
+def fit_calibration(logits: torch.Tensor, labels: torch.Tensor, label_noise: bool = True,
+                    also_bounded: torch.Tensor | None = None) -> tuple[float, float]:
+    """(T, ε) minimising the NLL of calibrated_probabilities: a log grid (T from max(0.05, min_temperature)
+    to 20, ε in 0 and 1e-4–0.4), then a 10× finer grid one coarse step either side of its best (T to ~0.3 %,
+    ε to ~1 %). A grid, not an optimiser, so the same logits give the same calibration on every machine.
+    Fitting ε with T keeps a few mislabeled events from inflating T. label_noise=False: temperature scaling
+    alone (ε = 0), the baseline bench/calibration.py measures against. `also_bounded`: more logits whose
+    events must leave MIN_RESIDUAL too (the training split's: the events a model is surest of, and more of
+    them than a small validation split has)."""
     logits, labels = logits.double(), torch.as_tensor(labels)
-    temperatures = _log_grid(*TEMPERATURE_RANGE, COARSE_STEPS)
+    bounded = logits if also_bounded is None else torch.cat([logits, also_bounded.double()])
+    low = max(TEMPERATURE_RANGE[0], min_temperature(bounded))
+    temperatures = _log_grid(low, max(TEMPERATURE_RANGE[1], 2 * low), COARSE_STEPS)
     floors = torch.zeros(1, dtype=torch.float64)
     if label_noise:
         floors = torch.cat([floors, _log_grid(*LABEL_NOISE_RANGE, COARSE_STEPS // 2)])
@@ -149,9 +167,23 @@ def fit_pattern_biases(model: SpectralFusionModel, parts: list[torch.Tensor], pr
 
 
 @torch.no_grad()
+def fit_embedding_bounds(model: SpectralFusionModel, parts: list[torch.Tensor], present: torch.Tensor) -> None:
+    """model.embedding_low/high: per dimension, the range of the training events' branch embeddings (events
+    that have the modality); a branch no training event has stays unbounded."""
+    lows, highs = [], []
+    for i, part in enumerate(parts):
+        rows = part[present[:, i]].float()
+        unbounded = torch.full_like(part[0], float("inf"))
+        lows.append(rows.min(dim=0).values if len(rows) else -unbounded)
+        highs.append(rows.max(dim=0).values if len(rows) else unbounded)
+    model.embedding_low.copy_(torch.cat(lows))
+    model.embedding_high.copy_(torch.cat(highs))
+
+
+@torch.no_grad()
 def fit_posthoc(model: SpectralFusionModel, train_loader, val_loader) -> dict:
-    """Set model.pattern_bias, model.temperature, model.label_noise and model.ood in place (model in eval
-    mode); return what was fitted."""
+    """Set model.embedding_low/high, model.pattern_bias, model.temperature, model.label_noise and model.ood in
+    place (model in eval mode); return what was fitted."""
     model.eval()
     train_parts, train_present, train_labels = branch_outputs(model, train_loader)
     val_parts, val_present, val_labels = branch_outputs(model, val_loader)
@@ -160,9 +192,11 @@ def fit_posthoc(model: SpectralFusionModel, train_loader, val_loader) -> dict:
         warning = (f"only {len(val_labels)} validation events fitted the calibration and the OOD thresholds "
                    f"(a 95 % threshold needs ~{MIN_VALIDATION_EVENTS}+): raise splits.val or add events")
         log.warning(warning)
+    fit_embedding_bounds(model, train_parts, train_present)
     biases = fit_pattern_biases(model, val_parts, val_present, val_labels)
     val_logits = model.classify(*val_parts, val_present)
-    temperature, label_noise = fit_calibration(val_logits, torch.from_numpy(val_labels))
+    temperature, label_noise = fit_calibration(val_logits, torch.from_numpy(val_labels),
+                                               also_bounded=model.classify(*train_parts, train_present))
     model.temperature.fill_(temperature)
     model.label_noise.fill_(label_noise)
     thresholds = {}
@@ -173,9 +207,9 @@ def fit_posthoc(model: SpectralFusionModel, train_loader, val_loader) -> dict:
         if not train_rows.any() or not val_rows.any():
             thresholds[describe(pattern)] = None  # never fitted: the threshold stays inf, nothing is flagged
             continue
-        train_features = model.fused([p[train_rows] for p in train_parts], train_mask[train_rows])
+        train_features = model.fused([p[train_rows] for p in train_parts], train_mask[train_rows], bounded=False)
         model.ood.fit_pattern(index, train_features, torch.from_numpy(train_labels)[train_rows])
-        val_features = model.fused([p[val_rows] for p in val_parts], val_mask[val_rows])
+        val_features = model.fused([p[val_rows] for p in val_parts], val_mask[val_rows], bounded=False)
         model.ood.set_threshold(index, model.ood.score(val_features, val_mask[val_rows]))
         thresholds[describe(pattern)] = round(float(model.ood.threshold[index]), 4)
     model.ood.fitted.fill_(True)

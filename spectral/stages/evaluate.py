@@ -196,12 +196,12 @@ def ood_scores(model: SpectralFusionModel, parts: list[torch.Tensor], present: t
     """The exported detector's score and two alternatives measured against it: 1 - the calibrated
     probabilities' max and the energy score -T·logsumexp(logits / T) (Liu et al., NeurIPS 2020)."""
     with torch.no_grad():
-        features = model.fused(parts, present)
-        raw = model.logits(features, present).double()
+        raw = model.logits(model.fused(parts, present), present).double()
         logits = raw / model.temperature.double()
-        distance = model.ood.score(features, present)
-        return {"mahalanobis": distance.double().numpy(),
-                "max_softmax": (1 - model.calibrate(raw).max(dim=1).values).numpy(),
+        distance = model.ood.score(model.fused(parts, present, bounded=False), present)
+        probabilities = model.calibrate(raw)
+        return {"mahalanobis": distance.double().numpy(), "probabilities": probabilities.numpy(),
+                "max_softmax": (1 - probabilities.max(dim=1).values).numpy(),
                 "energy": (-model.temperature.double() * torch.logsumexp(logits, dim=1)).numpy(),
                 "in_distribution": model.ood.in_distribution(distance, present).numpy(),
                 "threshold": model.ood.threshold[pattern_index(present)].double().numpy()}
@@ -232,6 +232,25 @@ def ood_table(test: dict[str, np.ndarray], ood: dict[str, np.ndarray], groups: l
                                   "auroc": round(auroc(score, ood["mahalanobis"][members]), 4),
                                   "detection_rate": round(float(1 - ood["in_distribution"][members].mean()), 4)}
     return table
+
+
+def answer_spread(probabilities: np.ndarray, label_noise: float) -> dict:
+    """What the calibrated answers look like: how many distinct probability vectors (to the six decimals an
+    answer carries), median and largest confidence, and how many sit at the 1 - ε ceiling (softmax saturated)."""
+    confidence = probabilities.max(axis=1)
+    return {"events": int(len(probabilities)),
+            "distinct_probability_vectors": len({tuple(row) for row in np.round(probabilities, 6)}),
+            "median_confidence": round(float(np.median(confidence)), 4),
+            "max_confidence": round(float(confidence.max()), 6),
+            "at_ceiling": int((np.round(confidence, 6) >= round(1 - label_noise, 6)).sum())}
+
+
+def selective_accuracy(preds: np.ndarray, labels: np.ndarray, in_distribution: np.ndarray) -> dict:
+    """Accuracy of the test events the OOD flag lets through as "classified", and how many that is."""
+    kept = in_distribution.astype(bool)
+    return {"kept": int(kept.sum()), "kept_fraction": round(float(kept.mean()), 4),
+            "accuracy_kept": round(float((preds[kept] == labels[kept]).mean()), 4) if kept.any() else None,
+            "accuracy_all": round(float((preds == labels).mean()), 4)}
 
 
 def _plot_confusion(confusion: list[list[int]], class_names: list[str], path: Path) -> None:
@@ -301,6 +320,16 @@ def format_report(metrics: dict) -> str:
         for modality, row in ood["one_modality_ood"].items():
             lines.append(f"  {'test events with only their ' + modality + ' from the OOD set':<51} AUROC "
                          f"{row['auroc']:.3f}  flagged {row['detection_rate']:.0%}")
+        selective = ood["selective"]
+        kept_accuracy = "-" if selective["accuracy_kept"] is None else f"{selective['accuracy_kept']:.3f}"
+        lines.append(f"  decision \"classified\" on {selective['kept']} of {ood['test_events']} test events "
+                     f"({selective['kept_fraction']:.0%}): accuracy {kept_accuracy} "
+                     f"(all: {selective['accuracy_all']:.3f})")
+        for name, spread in ood["answers"].items():
+            lines.append(f"  answers on the {name + ':':<11} {spread['distinct_probability_vectors']} distinct "
+                         f"probability vectors of {spread['events']}, confidence median "
+                         f"{spread['median_confidence']:.3f}, max {spread['max_confidence']:.4f}, "
+                         f"{spread['at_ceiling']} at the 1 - ε ceiling")
     header = "modalities (missing = learned absent embedding" if calibration else "ablation (missing = training mean"
     lines += ["", f"{header + ')':<48}{'accuracy':>9}{'macro-F1':>10}{'F1 drop [95 %]':>22}"]
     for name, row in metrics["ablation"].items():
@@ -409,6 +438,9 @@ def evaluate(model_path: Path, embed_dir: Path, sensors_path: Path, metrics_path
         metrics["ood"] = ood_table(test_scores, ood, groups, draws)
         metrics["ood"]["one_modality_ood"] = one_modality_ood(model, test_parts, present, ood_parts,
                                                               test_scores["mahalanobis"])
+        metrics["ood"]["selective"] = selective_accuracy(preds, labels, test_scores["in_distribution"])
+        metrics["ood"]["answers"] = {"test split": answer_spread(probabilities, label_noise),
+                                     "OOD set": answer_spread(ood["probabilities"], label_noise)}
     metrics["ablation"] = ablation_table(model, test_parts, present, train_means, labels, class_names, draws)
     metrics["pattern_bias"] = {describe(pattern): [round(float(b), 4) for b in model.pattern_bias[index]]
                                for index, pattern in enumerate(presence_patterns()) if not all(pattern)}

@@ -35,6 +35,27 @@ def test_an_absent_modality_is_its_learned_embedding_whatever_the_input():
     assert not torch.allclose(silent, present)
 
 
+def test_embeddings_beyond_the_training_range_are_clipped_for_the_classifier_not_for_the_ood_score():
+    """A branch embedding far outside what training produced (white noise through the audio CNN) reaches the
+    classifier as the nearest training-range value, so the logits stay within reach of the training events';
+    the OOD detector sees it as it is."""
+    from spectral.models.posthoc import fit_embedding_bounds
+
+    torch.manual_seed(0)
+    model = SpectralFusionModel(15).eval()
+    parts = [torch.randn(20, 1280), torch.randn(20, 256), torch.randn(20, 64)]
+    present = torch.ones(20, 3, dtype=torch.bool)
+    fit_embedding_bounds(model, parts, present)
+    far = [parts[0][:2], 50 * parts[1][:2], parts[2][:2]]
+    clipped = [parts[0][:2], (50 * parts[1][:2]).clamp(parts[1].min(dim=0).values, parts[1].max(dim=0).values),
+               parts[2][:2]]
+    with torch.no_grad():
+        torch.testing.assert_close(model.classify(*far, present[:2]), model.classify(*clipped, present[:2]))
+        assert not torch.allclose(model.fused(far, present[:2], bounded=False), model.fused(clipped, present[:2]))
+        inside = [p[:2] for p in parts]  # training embeddings themselves pass unchanged
+        torch.testing.assert_close(model.fused(inside, present[:2]), model.fused(inside, present[:2], bounded=False))
+
+
 def test_the_pattern_bias_shifts_only_its_own_patterns_logits():
     torch.manual_seed(0)
     model = SpectralFusionModel(15).eval()

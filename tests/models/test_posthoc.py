@@ -13,6 +13,7 @@ from spectral.models.posthoc import (
     fit_class_bias,
     fit_pattern_biases,
     fit_posthoc,
+    min_temperature,
     nll,
 )
 
@@ -38,15 +39,31 @@ def test_calibration_recovers_a_known_label_noise_where_temperature_alone_is_hij
     another class 3 % of the time, as the demo's generator does: the joint fit finds ε ≈ 3 % with T ≈ 1,
     while temperature alone (ε held at 0) must soften every event to pay for the flips."""
     rng = np.random.default_rng(1)
-    true_logits = torch.from_numpy(rng.normal(0, 6.0, (4000, 4)))
+    # confident, but no event beyond the odds min_temperature allows at T = 1 (a gap of log(1 / MIN_RESIDUAL))
+    true_logits = torch.from_numpy(rng.normal(0, 6.0, (4000, 4)).clip(-5, 5))
     labels = _labels_from(true_logits, seed=1)
     flipped = torch.from_numpy(rng.random(4000) < 0.03)
     labels[flipped] = (labels[flipped] + torch.from_numpy(rng.integers(1, 4, int(flipped.sum())))) % 4
     temperature, label_noise = fit_calibration(true_logits, labels)
     assert abs(label_noise - 0.03) < 0.01 and abs(temperature - 1) < 0.15
     temperature_alone, no_noise = fit_calibration(true_logits, labels, label_noise=False)
-    assert temperature_alone > 1.5 and no_noise == 0.0
+    assert temperature_alone > 1.25 and no_noise == 0.0
     assert nll(true_logits, labels, temperature, label_noise) < nll(true_logits, labels, temperature_alone)
+
+
+def test_calibration_leaves_every_validation_event_some_doubt():
+    """An easy validation split, every event right by a wide margin: the NLL fit alone would take the smallest T
+    of its grid and every answer would be softmax = 1, all events one vector. The fit stops where the most
+    confident event still leaves MIN_RESIDUAL (1e-5) to the other classes."""
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 4, (60,), generator=generator)
+    logits = torch.randn(60, 4, generator=generator) + 12 * torch.nn.functional.one_hot(labels, 4)
+    temperature, label_noise = fit_calibration(logits, labels)
+    assert temperature >= min_temperature(logits) > 0.05
+    softmax = torch.softmax(logits.double() / temperature, dim=1)
+    assert (1 - softmax.max(dim=1).values).min() >= 0.9e-5
+    answers = calibrated_probabilities(logits.double(), temperature, label_noise)
+    assert len({tuple(row) for row in answers.numpy().round(6).tolist()}) == 60
 
 
 def test_calibration_never_changes_the_predicted_class():

@@ -45,15 +45,18 @@ def test_short_training_reduces_loss_and_writes_metrics(trained):
 def test_exported_model_gives_the_best_checkpoints_logits(trained, embedded, sensor_table):
     out, summary = trained
     payload = torch.load(out / "model.pt", weights_only=True)
-    assert payload["format"] == "spectral-model/5"
+    assert payload["format"] == "spectral-model/6"
     model, config = load_model(out / "model.pt")
     assert config["class_names"][3] == "Forma_Humanoide_Potencial" and len(config["sensor_features"]) == 15
     assert config["backbone"]["weights"].startswith("packaged:") and config["video"]["num_frames"] == 4
     best = SpectralLightningModule.load_from_checkpoint(out / "checkpoints" / summary["best_checkpoint"],
                                                         map_location="cpu").eval()
     _, video, audio, sensors, _ = cached_split(embedded, sensor_table, "val")
-    with torch.no_grad():
-        torch.testing.assert_close(model(video, audio, sensors), best.model(video, audio, sensors), rtol=0, atol=0)
+    assert torch.isfinite(model.embedding_low).all() and (model.embedding_low <= model.embedding_high).all()
+    with torch.no_grad():  # the checkpoint's weights; the export adds the clipping to the training range
+        parts = model.branch_embeddings(video, audio, sensors)
+        torch.testing.assert_close(model.classifier(model.fused(parts, None, bounded=False)),
+                                   best.model(video, audio, sensors), rtol=0, atol=0)
     fitted = summary["posthoc"]
     assert float(model.temperature) == pytest.approx(fitted["temperature"], abs=1e-4) and bool(model.ood.fitted)
     assert float(model.label_noise) == pytest.approx(fitted["label_noise"], abs=1e-5)
