@@ -157,7 +157,7 @@ class SpectralLightningModule(pl.LightningModule):
                 present: torch.Tensor) -> torch.Tensor:
         return self.model(video, audio, sensors, present)
 
-    def _classify(self, parts, present: torch.Tensor) -> torch.Tensor:
+    def loss_logits(self, parts, present: torch.Tensor) -> torch.Tensor:
         """The logits every loss sees: normalised to length 1 / logit_norm when it is set."""
         logits = self.model.classify(*parts, present)
         if self.hparams.logit_norm:
@@ -167,11 +167,11 @@ class SpectralLightningModule(pl.LightningModule):
     def _step(self, batch, split: str) -> torch.Tensor:
         video, audio, sensors, present, labels = batch
         parts = self.model.branch_embeddings(video, audio, sensors)
-        logits = self._classify(parts, present)
+        logits = self.loss_logits(parts, present)
         loss = self.criterion(logits, labels)
         if split == "train" and self.dropout_rates.any():
             (as_recorded, _), *absent = dropout_variants(present, self.dropout_rates)
-            loss = as_recorded * loss + sum(weight * self.criterion(self._classify(parts, mask), labels)
+            loss = as_recorded * loss + sum(weight * self.criterion(self.loss_logits(parts, mask), labels)
                                             for weight, mask in absent)
         if split == "train" and self.hparams.branch_loss:
             loss = loss + self.hparams.branch_loss * self._branch_loss(parts, present, labels)
@@ -184,7 +184,7 @@ class SpectralLightningModule(pl.LightningModule):
                                      event_weights)
         if split != "train":
             # the events as recorded and with each modality in turn absent: what the model meets in use
-            variants = [logits] + [self._classify(parts, without_modality(present, i))
+            variants = [logits] + [self.loss_logits(parts, without_modality(present, i))
                                    for i in range(len(MODALITIES))]
             robust = torch.stack([nn.functional.cross_entropy(v.detach(), labels, reduction="none")
                                   for v in variants]).mean(dim=0)

@@ -113,8 +113,8 @@ def test_ddp_on_two_cpu_processes_with_uneven_shards_matches_one_process(tiny_ev
     data.setup()
     (video, audio, sensors, present, labels), = list(data.loader("val"))
     assert len(labels) == report["per_split"]["val"] and present.all()
-    with torch.no_grad():
-        logits = module(video, audio, sensors, present)
+    with torch.no_grad():  # the logits the loss sees (LogitNorm-scaled), as validation logged them
+        logits = module.loss_logits(module.model.branch_embeddings(video, audio, sensors), present)
     weights = module.criterion.weight[labels]
     loss = float((nn.functional.cross_entropy(logits, labels, reduction="none") * weights).sum() / weights.sum())
     predicted = logits.argmax(dim=1)
