@@ -32,9 +32,7 @@ from spectral.inference import Predictor
 from spectral.models.artifact import load_model
 from spectral.models.fusion import SpectralFusionModel
 from spectral.models.modalities import MODALITIES
-from spectral.stages.evaluate import auroc, calibration_scores, classification_metrics
-
-CEILING_TOLERANCE = 1e-6  # "at the ceiling": within this of 1 - ε, where six decimals can no longer tell events apart
+from spectral.stages.evaluate import answer_spread, auroc, calibration_scores, classification_metrics
 
 
 @torch.no_grad()
@@ -93,7 +91,7 @@ def summarize(model: SpectralFusionModel, group: dict, train: dict) -> dict:
                               "max_excess_in_ranges": round(float(excess.max()), 2)}
     probabilities = model.calibrate(model.logits(model.fused(parts, present), present).double()).numpy()
     confidence = probabilities.max(axis=1)
-    ceiling = 1 - float(model.label_noise)
+    spread = answer_spread(probabilities, float(model.label_noise))  # what evaluate reports, defined once
     means = [p[train["present"][:, i]].mean(dim=0, keepdim=True) for i, p in enumerate(train["parts"])]
     swapped = {m: round(float(_calibrated_gap(model, [means[j].expand_as(p) if j == i else p
                                                        for j, p in enumerate(parts)], present).median()), 2)
@@ -105,8 +103,8 @@ def summarize(model: SpectralFusionModel, group: dict, train: dict) -> dict:
         "logit_gap": _quantiles(_calibrated_gap(model, parts, present)),
         "logit_gap_with_training_mean_for": swapped,
         "confidence": _quantiles(confidence),
-        "at_ceiling": int((confidence >= ceiling - CEILING_TOLERANCE).sum()),
-        "distinct_vectors": len({tuple(row) for row in np.round(probabilities, 6)}),
+        "at_ceiling": spread["at_ceiling"],
+        "distinct_vectors": spread["distinct_probability_vectors"],
         "flagged_out_of_distribution": round(float(group["flagged"].float().mean()), 4),
         "max_p": confidence,
     }

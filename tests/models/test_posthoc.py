@@ -13,7 +13,6 @@ from spectral.models.posthoc import (
     fit_class_bias,
     fit_pattern_biases,
     fit_posthoc,
-    min_temperature,
     nll,
 )
 
@@ -59,7 +58,7 @@ def test_calibration_leaves_every_validation_event_some_doubt():
     labels = torch.randint(0, 4, (60,), generator=generator)
     logits = torch.randn(60, 4, generator=generator) + 12 * torch.nn.functional.one_hot(labels, 4)
     temperature, label_noise = fit_calibration(logits, labels)
-    assert temperature >= min_temperature(logits) > 0.05
+    assert temperature > 0.05  # above the grid's floor, where the NLL alone would put it
     softmax = torch.softmax(logits.double() / temperature, dim=1)
     assert (1 - softmax.max(dim=1).values).min() >= 0.9e-5
     answers = calibrated_probabilities(logits.double(), temperature, label_noise)
