@@ -100,3 +100,47 @@ def make_event(root, name, label="Ruído_Ambiente", n_frames=12, rate=48_000):
     write_tone(folder / "audio.wav", seconds=1.0, rate=rate, channels=2)
     (folder / "sensors.csv").write_text(SENSORS, encoding="utf-8")
     return folder
+
+
+GOP_CLIPS = {  # name → (codec, container extension, encoder options): the reordering and restart points of real files
+    "h264_bframes_closed_gop": ("libx264", "mp4", {"bf": "3", "g": "12", "x264-params": "b-pyramid=normal:scenecut=0"}),
+    "h264_open_gop": ("libx264", "mp4", {"bf": "3", "g": "12", "x264-params": "open-gop=1:scenecut=0"}),
+    "h264_annexb_ts": ("libx264", "ts", {"bf": "2", "g": "10"}),
+    "hevc_open_gop": ("libx265", "mp4", {"x265-params": "log-level=error:keyint=12:min-keyint=12:bframes=3"}),
+    "hevc_closed_gop": ("libx265", "mkv", {"x265-params": "log-level=error:keyint=10:open-gop=0:bframes=2"}),
+    "vp9_altref": ("libvpx-vp9", "webm", {"g": "12", "auto-alt-ref": "1", "lag-in-frames": "8", "deadline": "realtime",
+                                          "cpu-used": "8"}),
+    "mpeg4_bframes": ("mpeg4", "avi", {"bf": "2", "g": "12"}),
+    "mjpeg_intra": ("mjpeg", "mkv", {}),
+}
+
+
+def moving_texture(k: int, width: int, height: int) -> np.ndarray:
+    """A fixed random texture shifted by k pixels: motion the encoder predicts from other frames."""
+    texture = np.random.default_rng(7).integers(0, 256, (height, 2 * width + 64, 3), dtype=np.uint8)
+    return np.ascontiguousarray(texture[:, k % (width + 64): k % (width + 64) + width])
+
+
+def write_gop_video(path: Path, n_frames: int, clip: str, width: int = 64, height: int = 48, fps: int = 30,
+                    variable_rate: bool = False) -> Path:
+    """A clip of `GOP_CLIPS[clip]` kind with several restart points; `variable_rate` spaces frames irregularly,
+    as phones do under load (timestamps in ms, gaps of 20-50 ms)."""
+    codec, _, options = GOP_CLIPS[clip]
+    path = Path(path)
+    gaps = np.random.default_rng(3).integers(20, 51, n_frames) if variable_rate else None
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps, options=dict(options))
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        if variable_rate:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        stream.thread_count = 1
+        for k in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(moving_texture(k, width, height), format="rgb24")
+            if variable_rate:
+                frame.pts, frame.time_base = int(gaps[:k].sum()), Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

@@ -50,18 +50,25 @@ def h264_lossless(frames: np.ndarray, x264_params: str = "") -> bytes:
     options = {**_X264_OPTIONS, "x264-params": ":".join(filter(None, [_X264_OPTIONS["x264-params"], x264_params]))}
     with av.open(buffer, "w", format="h264") as container:
         stream = container.add_stream("libx264rgb", rate=30, options=options)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "bgr24"
+        # rgb24 and bgr24 input give the same bytes (x264 stores planar G, B, R either way); rgb24 needs no copy
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb24"
         stream.thread_count = 1
         for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[..., ::-1]),
-                                                                   format="bgr24")))
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
         container.mux(stream.encode())
     return buffer.getvalue()
 
 
 def _from_h264(data: bytes) -> np.ndarray:
+    """The frames of a lossless RGB stream: x264 codes planar G, B, R, which PyAV returns as [H, W, 3] RGB
+    without swscale (1.7 ms a 224x224 frame through an rgb24 conversion, 0.6 ms without; same bytes)."""
     with av.open(io.BytesIO(data), format="h264") as container:
-        return np.stack([frame.to_ndarray(format="bgr24")[..., ::-1] for frame in container.decode(video=0)])
+        frames = []
+        for frame in container.decode(video=0):
+            if frame.format.name != "gbrp":
+                raise ValueError(f"frames.h264 holds {frame.format.name} frames, not lossless RGB (gbrp)")
+            frames.append(frame.to_ndarray())
+        return np.stack(frames)
 
 
 def encode_frames(frames: np.ndarray, frame_format: str, quality: int) -> dict[str, bytes | np.ndarray]:

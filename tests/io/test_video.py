@@ -1,6 +1,14 @@
 import numpy as np
 import pytest
-from media import CODECS, frame_index, upright_marker_frame, write_index_video, write_rotated_video
+from media import (
+    CODECS,
+    GOP_CLIPS,
+    frame_index,
+    upright_marker_frame,
+    write_gop_video,
+    write_index_video,
+    write_rotated_video,
+)
 
 from spectral.io.video import _assemble, load_video, read_frames_decord, read_frames_pyav, sample_indices
 
@@ -89,5 +97,65 @@ def test_frames_that_could_not_be_decoded_are_counted_not_hidden():
 
 def test_clean_clip_reports_every_frame_decoded(tmp_path):
     path = write_index_video(tmp_path / "clip.mp4", 30)
-    _, info = read_frames_pyav(str(path), 4)
+    _, info = read_frames_pyav(str(path), 30)
     assert (info.decoded_frames, info.repeated_frames, info.corrupt_frames) == (30, 0, 0)
+
+
+def full_sequential_decode(path) -> np.ndarray:
+    """Every frame, front to back, no skipping: what sampled frames must equal."""
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+@pytest.mark.parametrize("variable_rate", [False, True], ids=["cfr", "vfr"])
+@pytest.mark.parametrize("clip", sorted(GOP_CLIPS))
+def test_sampled_frames_equal_a_full_sequential_decode(tmp_path, clip, variable_rate):
+    """Skipping reference-free frames and jumping to restart points never changes a kept frame: on B-frames,
+    open and closed GOPs, HEVC, VP9 hidden frames, intra-only MJPEG, Annex B, variable frame rate."""
+    path = write_gop_video(tmp_path / f"clip.{GOP_CLIPS[clip][1]}", 60, clip, variable_rate=variable_rate)
+    reference = full_sequential_decode(path)
+    assert len(reference) == 60
+    for wanted in (1, 5, 16, 60, 75):
+        frames, info = read_frames_pyav(str(path), wanted)
+        indices = sample_indices(60, wanted)
+        np.testing.assert_array_equal(frames, reference[indices], err_msg=f"{clip}: {wanted} of 60")
+        assert info.total_frames == 60 and info.repeated_frames == 0 and info.corrupt_frames == 0
+
+
+@pytest.mark.parametrize("clip", ["h264_bframes_closed_gop", "hevc_open_gop", "vp9_altref", "mjpeg_intra"])
+def test_sampling_decodes_fewer_frames_than_the_clip_holds(tmp_path, clip):
+    """The work saved is real: 5 of 60 frames from a clip with a restart point every 12 frames."""
+    path = write_gop_video(tmp_path / f"clip.{GOP_CLIPS[clip][1]}", 60, clip)
+    _, info = read_frames_pyav(str(path), 5)
+    assert info.decoded_frames < 40, info
+
+
+FORCED_CPU_FLAGS = """
+import ctypes, hashlib, sys
+import av
+from av.video.reformatter import Interpolation, VideoReformatter
+if sys.argv[2] == "off":  # FFmpeg's plain C paths: what any x86-64 CPU computes
+    ctypes.CDLL(next(line.split()[-1] for line in open("/proc/self/maps") if "libavutil" in line)).av_force_cpu_flags(0)
+from spectral.io.video import read_frames_pyav
+frames, _ = read_frames_pyav(sys.argv[1], 16, 224)
+with av.open(sys.argv[1]) as container:
+    first = next(container.decode(video=0))
+fast = VideoReformatter().reformat(first, format="rgb24", width=224, height=224,
+                                   interpolation=Interpolation.FAST_BILINEAR).to_ndarray()
+print(hashlib.sha256(frames.tobytes()).hexdigest(), hashlib.sha256(fast.tobytes()).hexdigest())
+"""
+
+
+def test_decoded_and_resized_bytes_do_not_depend_on_ffmpegs_cpu_paths(tmp_path):
+    """FFmpeg with every CPU flag forced off (av_force_cpu_flags(0): no SIMD in the decoder or swscale) gives
+    the frames the SIMD run gives. Its non-exact fast bilinear scaler does change, which shows the flags bite."""
+    import subprocess
+    import sys
+
+    path = write_gop_video(tmp_path / "clip.mp4", 60, "h264_bframes_closed_gop", width=320, height=240)
+    runs = [subprocess.run([sys.executable, "-c", FORCED_CPU_FLAGS, str(path), flags], check=True,
+                           capture_output=True, text=True).stdout.split() for flags in ("on", "off")]
+    assert runs[0][0] == runs[1][0]
+    assert runs[0][1] != runs[1][1]
