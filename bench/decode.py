@@ -1,21 +1,29 @@
-"""Decode-stage throughput vs the spec's per-frame cv2 seek loader and vs FFmpeg's own decode.
+"""The decode benchmark: the decode stage against decoding every frame with FFmpeg, at 150 of 150 and 16 of 150 frames.
 
-Same clips, same frame count, one run, ratios printed and written to bench/results/decode_<N>frames.json.
-The FFmpeg limit is `ffmpeg -threads 1 -i clip -f null -` when the ffmpeg CLI is installed, and
-PyAV decoding every frame single-threaded (same FFmpeg libraries) otherwise; the JSON says which.
+Clips (the same ones for every row of a set, made by this script):
+- `synth 640x480`: the demo generator's clips (5 s, 30 fps, one keyframe per clip);
+- `phone 640x480, 1 s GOP` and `phone 1920x1080, 2 s GOP`: the same scenes with sensor-like grain, re-encoded
+  as phones write them (H.264 High, B-frames, an IDR every 30 / 60 frames).
 
-    python bench/decode.py [--events 24] [--frames 150]
+Rows, in one run per set: PyAV's single-thread decode of every frame (the baseline of every ratio), `ffmpeg -threads 1
+-f null` when the CLI is installed, the spec's cv2 loader (one seek per sampled frame; on the first `--spec-clips`
+clips, it is quadratic in the GOP), and the decode stage with 1 and 2 workers: its own seconds (startup excluded)
+and `spectral decode` as a command (startup included). `--profile` prints where a frame's time goes in the stage.
+
+    python bench/decode.py [--events 24] [--profile]
+    python bench/decode.py --events 2 --sets synth --seconds 1 --spec-clips 1   # smoke size
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -23,8 +31,75 @@ import cv2
 import numpy as np
 from common import write_result
 
+from spectral.io.audio import load_audio
+from spectral.io.frames import h264_lossless
+from spectral.io.video import _SWS_FILTERS, probe_video, read_frames_pyav, sample_indices
 from spectral.stages.decode import DecodeConfig, run_decode
 from spectral.stages.synth import SynthConfig, generate
+
+FRAME_COUNTS = (150, 16)
+
+
+@dataclass(frozen=True)
+class ClipSet:
+    name: str
+    width: int
+    height: int
+    gop: int | None  # None: the synth clips as generated
+
+
+SETS = {"synth": ClipSet("synth 640x480", 640, 480, None),
+        "phone640": ClipSet("phone 640x480, 1 s GOP", 640, 480, 30),
+        "phone1080": ClipSet("phone 1920x1080, 2 s GOP", 1920, 1080, 60)}
+
+
+def phone_like(source: Path, target: Path, clip: ClipSet, grain: np.ndarray) -> None:
+    """Re-encode a synth clip as a phone would: scaled to the set's size, grain that changes every frame,
+    libx264 High with B-frames and an IDR every `clip.gop` frames."""
+    with av.open(str(source)) as src, av.open(str(target), "w") as dst:
+        stream = dst.add_stream("libx264", rate=30, options={"preset": "veryfast", "crf": "23", "bf": "3",
+                                                             "g": str(clip.gop), "x264-params": "scenecut=0"})
+        stream.width, stream.height, stream.pix_fmt = clip.width, clip.height, "yuv420p"
+        for k, frame in enumerate(src.decode(video=0)):
+            rgb = frame.to_ndarray(format="rgb24", width=clip.width, height=clip.height)
+            noisy = np.clip(rgb.astype(np.int16) + grain[k % len(grain)], 0, 255).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(noisy, format="rgb24")):
+                dst.mux(packet)
+        for packet in stream.encode():
+            dst.mux(packet)
+
+
+def make_events(root: Path, synth: Path, clip: ClipSet) -> Path:
+    if clip.gop is None:
+        return synth
+    events = root / f"events_{clip.width}_{clip.gop}"
+    shutil.copytree(synth, events)
+    rng = np.random.default_rng(0)
+    grain = rng.normal(0, 6, (4, clip.height, clip.width, 1)).astype(np.int16)
+    for folder in sorted(events.iterdir()):
+        phone_like(synth / folder.name / "video.mp4", folder / "video.mp4", clip, grain)
+    return events
+
+
+def timed(work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def full_decode(videos: list[Path]) -> None:
+    for path in videos:
+        with av.open(str(path)) as container:
+            container.streams.video[0].thread_count = 1
+            for _ in container.decode(video=0):
+                pass
+
+
+def ffmpeg_cli(videos: list[Path]) -> float | None:
+    if not shutil.which("ffmpeg"):
+        return None
+    return timed(lambda: [subprocess.run(["ffmpeg", "-v", "error", "-threads", "1", "-i", str(p), "-f", "null", "-"],
+                                         check=True) for p in videos])
 
 
 def spec_cv2_loader(path: str, num_frames: int) -> np.ndarray:
@@ -41,72 +116,129 @@ def spec_cv2_loader(path: str, num_frames: int) -> np.ndarray:
     return np.stack(frames)
 
 
-def ffmpeg_limit(paths: list[Path]) -> tuple[float, str]:
-    started = time.perf_counter()
-    if shutil.which("ffmpeg"):
-        for p in paths:
-            subprocess.run(["ffmpeg", "-v", "error", "-threads", "1", "-i", str(p), "-f", "null", "-"], check=True)
-        return time.perf_counter() - started, "ffmpeg -threads 1 -i clip -f null -"
-    for p in paths:
-        with av.open(str(p)) as container:
-            for _ in container.decode(container.streams.video[0]):
-                pass
-    return time.perf_counter() - started, "PyAV full single-thread decode (no ffmpeg CLI)"
+def stage_cli(events: Path, out: Path, frames: int, workers: int) -> float:
+    """`spectral decode` as users run it, in its own process: startup included."""
+    return timed(lambda: subprocess.run(
+        [sys.executable, "-m", "spectral", "decode", str(events), str(out), "--params", "none",
+         "-S", f"video.num_frames={frames}", "-S", "audio.seconds=5", "-S", f"decode.workers={workers}"],
+        check=True, capture_output=True))
+
+
+def profile(events: Path, frames: int, clip_frames: int) -> dict:
+    """Milliseconds per sampled frame of each part of the stage's work, measured one part at a time."""
+    videos = sorted(events.glob("*/video.mp4"))
+    wanted = set(sample_indices(clip_frames, frames).tolist())
+    decoded = []
+
+    def read_all() -> None:
+        decoded.extend(read_frames_pyav(str(v), frames, 224)[0] for v in videos)
+
+    def decode_only() -> None:
+        for v in videos:
+            with av.open(str(v)) as container:
+                container.streams.video[0].thread_count = 1
+                for index, _ in enumerate(container.decode(video=0)):
+                    if index >= max(wanted):
+                        break
+
+    def resize_only() -> None:
+        from av.video.reformatter import VideoReformatter
+        scaler = VideoReformatter()
+        for v in videos:
+            with av.open(str(v)) as container:
+                container.streams.video[0].thread_count = 1
+                for index, frame in enumerate(container.decode(video=0)):
+                    if index in wanted:
+                        scaler.reformat(frame, format="rgb24", width=224, height=224,
+                                        interpolation=_SWS_FILTERS["bicubic"])
+
+    sampled = frames * len(videos)
+    parts = {"demux + decode + resize (the stage's reader)": timed(read_all)}
+    parts["  of which: decode up to the last sampled frame, no skipping"] = timed(decode_only)
+    parts["  of which: decode + swscale resize, no skipping"] = timed(resize_only)
+    parts["lossless H.264 encode of the 224x224 frames"] = timed(lambda: [h264_lossless(f) for f in decoded])
+    parts["audio decode + resample"] = timed(lambda: [load_audio(str(v.parent / "audio.wav"), length=5 * 16_000)
+                                                      for v in videos])
+    cfg = DecodeConfig(num_frames=frames, audio_seconds=5.0, workers=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        parts["the whole stage (1 worker, startup excluded)"] = run_decode(events, Path(tmp) / "out", cfg)["seconds"]
+    return {name: round(seconds / sampled * 1000, 4) for name, seconds in parts.items()}
+
+
+def bench_set(clip: ClipSet, events: Path, work: Path, spec_clips: int) -> dict:
+    videos = sorted(events.glob("*/video.mp4"))
+    every_frame = sum(probe_video(str(v)).total_frames for v in videos)
+    baseline = timed(lambda: full_decode(videos))
+    row: dict = {"clips": len(videos), "frames_per_clip": every_frame // len(videos),
+                 "bytes_per_clip": sum(v.stat().st_size for v in videos) // len(videos),
+                 "pyav_full_decode": {"seconds": round(baseline, 3), "frames_per_s": round(every_frame / baseline, 1)},
+                 "ffmpeg_cli": None, "sampled": {}}
+    cli = ffmpeg_cli(videos)
+    if cli is not None:
+        row["ffmpeg_cli"] = {"seconds": round(cli, 3), "frames_per_s": round(every_frame / cli, 1)}
+    for frames in FRAME_COUNTS:
+        sampled = frames * len(videos)
+        spec_s = timed(lambda frames=frames: [spec_cv2_loader(str(v), frames) for v in videos[:spec_clips]])
+        runs = {}
+        for workers in (1, 2):
+            cfg = DecodeConfig(num_frames=frames, audio_seconds=5.0, workers=workers)
+            runs[f"stage, {workers} worker(s)"] = run_decode(events, work / f"out_{frames}_{workers}", cfg)["seconds"]
+            runs[f"`spectral decode`, {workers} worker(s), startup included"] = stage_cli(
+                events, work / f"cli_{frames}_{workers}", frames, workers)
+        shutil.rmtree(work)
+        work.mkdir()
+        scale = baseline / len(videos)  # seconds of a full decode per clip
+        row["sampled"][str(frames)] = {
+            "spec_cv2_loader": {"clips": spec_clips, "frames_per_s": round(frames * spec_clips / spec_s, 1),
+                                "ratio_vs_full_decode": round(scale * spec_clips / spec_s, 3)},
+            **{name: {"seconds": round(seconds, 3), "sampled_frames_per_s": round(sampled / seconds, 1),
+                      "ratio_vs_full_decode": round(baseline / seconds, 3)} for name, seconds in runs.items()},
+            "workers_1_to_2": round(runs["stage, 1 worker(s)"] / runs["stage, 2 worker(s)"], 3)}
+    return row
+
+
+def print_set(name: str, row: dict) -> None:
+    print(f"\n{name}: {row['clips']} clips, {row['frames_per_clip']} frames, {row['bytes_per_clip']:,} bytes each; "
+          f"PyAV full decode {row['pyav_full_decode']['frames_per_s']:,} frames/s")
+    print(f"{'sampled':>8}  {'reader':<56}{'sampled frames/s':>18}{'x full decode':>15}")
+    for frames, runs in row["sampled"].items():
+        label = f"{frames}/{row['frames_per_clip']}"
+        for reader, result in runs.items():
+            if isinstance(result, dict):
+                rate = result.get("sampled_frames_per_s", result.get("frames_per_s"))
+                print(f"{label:>8}  {reader:<56}{rate:>18,}{result['ratio_vs_full_decode']:>15}")
+        print(f"{label:>8}  {'stage: 2 workers over 1':<56}{'':>18}{runs['workers_1_to_2']:>15}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=24)
-    parser.add_argument("--frames", type=int, default=150, help="frames sampled per clip (spec: 150)")
+    parser.add_argument("--sets", nargs="+", choices=sorted(SETS), default=["synth", "phone640", "phone1080"])
+    parser.add_argument("--seconds", type=float, default=5.0, help="clip length (the spec: 5 s at 30 fps)")
+    parser.add_argument("--spec-clips", type=int, default=4, help="clips the (slow) spec loader reads")
+    parser.add_argument("--profile", action="store_true", help="also print where a frame's time goes in the stage")
+    parser.add_argument("--output", type=Path, help="where the JSON goes (default bench/results/decode.json)")
     args = parser.parse_args()
+    result: dict = {"sets": {}, "profile_ms_per_sampled_frame": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        events = Path(tmp) / "events"
-        generate(events, args.events, seed=0, cfg=SynthConfig(), workers=2)
-        videos = sorted(events.glob("*/video.mp4"))
-        total_frames = args.events * args.frames
-
-        started = time.perf_counter()
-        for v in videos:
-            spec_cv2_loader(str(v), args.frames)
-        spec_s = time.perf_counter() - started
-        limit_s, limit_name = ffmpeg_limit(videos)
-        rows = {}
-        for backend in ("pyav", "decord"):
-            cfg = DecodeConfig(num_frames=args.frames, audio_seconds=5.0, backend=backend, workers=1)
-            report = run_decode(events, Path(tmp) / f"decoded_{backend}", cfg)
-            rows[backend] = report["seconds"]
-        for workers in (1, 2):  # as users run it: `spectral decode` in its own process, startup included
-            started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "spectral", "decode", str(events), f"{tmp}/cli_{workers}",
-                            "--params", "none", "-S", f"video.num_frames={args.frames}", "-S", "audio.seconds=5",
-                            "-S", f"decode.workers={workers}"], check=True, capture_output=True)
-            rows[f"spectral decode CLI, {workers} worker(s)"] = round(time.perf_counter() - started, 3)
-        shard_bytes = sum(p.stat().st_size for p in (Path(tmp) / "decoded_pyav").glob("*.tar"))
-
-    result = {
-        "clips": f"{args.events} synthetic events, H.264 640x480 30 fps 5 s, {args.frames} frames sampled each",
-        "spec_cv2_seek_loader": {"seconds": round(spec_s, 3), "frames_per_s": round(total_frames / spec_s, 1)},
-        "ffmpeg_limit": {"how": limit_name, "seconds": round(limit_s, 3),
-                         "frames_per_s": round(args.events * 150 / limit_s, 1)},
-        "decode_stage": {},
-        "shard_bytes_per_event": shard_bytes // args.events,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }
-    print(f"{'loader':<36}{'events/s':>10}{'frames/s':>10}{'x spec':>9}{'x ffmpeg':>10}")
-    print(f"{'spec cv2 seek loader':<36}{args.events / spec_s:>10.2f}{total_frames / spec_s:>10.1f}{1.0:>9.2f}"
-          f"{limit_s / spec_s:>10.2f}")
-    for name, seconds in rows.items():
-        result["decode_stage"][name] = {
-            "seconds": seconds, "events_per_s": round(args.events / seconds, 2),
-            "frames_per_s": round(total_frames / seconds, 1),
-            "ratio_vs_spec": round(spec_s / seconds, 2), "ratio_vs_ffmpeg": round(limit_s / seconds, 3),
-        }
-        print(f"{'stage ' + name:<36}{args.events / seconds:>10.2f}{total_frames / seconds:>10.1f}"
-              f"{spec_s / seconds:>9.2f}{limit_s / seconds:>10.2f}")
-    print(f"{'ffmpeg limit':<36}{args.events / limit_s:>10.2f}{args.events * 150 / limit_s:>10.1f}"
-          f"{spec_s / limit_s:>9.2f}{1.0:>10.2f}   ({limit_name})")
-    print(f"shard bytes/event {result['shard_bytes_per_event']:,}")
-    write_result(f"decode_{args.frames}frames", result)
+        root = Path(tmp)
+        synth = root / "synth"
+        generate(synth, args.events, seed=0, cfg=SynthConfig(duration_s=args.seconds), workers=2)
+        for key in args.sets:
+            clip = SETS[key]
+            events = make_events(root, synth, clip)
+            (root / "work").mkdir(exist_ok=True)
+            row = bench_set(clip, events, root / "work", min(args.spec_clips, args.events))
+            result["sets"][clip.name] = row
+            print_set(clip.name, row)
+            if args.profile:
+                result["profile_ms_per_sampled_frame"][clip.name] = {
+                    str(f): profile(events, f, row["frames_per_clip"]) for f in FRAME_COUNTS}
+                for frames, parts in result["profile_ms_per_sampled_frame"][clip.name].items():
+                    print(f"\nwhere a sampled frame's time goes, {clip.name}, {frames} of {row['frames_per_clip']}, ms")
+                    for part, ms in parts.items():
+                        print(f"  {part:<64}{ms:>9.3f}")
+    write_result("decode", result, args.output)
 
 
 if __name__ == "__main__":

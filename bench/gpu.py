@@ -2,6 +2,7 @@
 
 Offline and self-contained: it makes its own events in a temporary project, runs the stage scripts
 as `dvc repro` would, and records, with the card's name:
+- decode stage frames/s with every core, and the cores it would take to keep the embed stage fed;
 - embed stage frames/s at bf16 + channels_last, eager and `torch.compile`d, against the model-only
   forward of the same encoder in the same run (ratio goal >= 0.9); with several GPUs, one rank each;
 - `spectral predict` latency per raw event at 150 frames (spec: < 200 ms);
@@ -105,6 +106,10 @@ def main() -> None:
         seconds = result["seconds"]
         seconds["synth"] = stage(cwd, "synth.py", "events")
         seconds["decode"] = stage(cwd, "decode.py", "events", "decoded")
+        decoded = json.loads((cwd / "metrics" / "decode.json").read_text(encoding="utf-8"))
+        decode_fps = decoded["accepted_count"] * args.frames / decoded["seconds"]  # the stage's own seconds
+        result["decode"] = {"workers": cores, "frames_per_s": round(decode_fps, 1),
+                            "frames_per_s_per_core": round(decode_fps / cores, 1)}
         seconds["sensors"] = stage(cwd, "sensors.py", "events", "sensors.parquet")
         embed = {}
         for compiled in (False, True) if gpus else (False,):  # the CPU smoke run skips compilation
@@ -120,6 +125,8 @@ def main() -> None:
                 "model_only_frames_per_s": round(model_fps, 1),
                 "ratio_stage_vs_model": round(metrics["stage_frames_per_s"] / model_fps, 3)}
         result["embed"] = embed
+        best_embed = max(run["stage_frames_per_s"] for run in embed.values())
+        result["decode"]["cores_to_feed_embed"] = round(best_embed / result["decode"]["frames_per_s_per_core"], 1)
         embeddings = "embeddings_compiled" if gpus else "embeddings_eager"
         seconds["train_1gpu"] = stage(cwd, "train.py", embeddings, "sensors.parquet", "models")
         summary = json.loads((cwd / "models" / "train_summary.json").read_text(encoding="utf-8"))
@@ -135,6 +142,8 @@ def main() -> None:
     for name, run in embed.items():
         print(f"{'embed stage, ' + name:<34}{run['stage_frames_per_s']:>10.1f} frames/s "
               f"(model-only {run['model_only_frames_per_s']:.1f}, ratio {run['ratio_stage_vs_model']:.2f})")
+    print(f"{'decode stage, ' + str(cores) + ' workers':<34}{result['decode']['frames_per_s']:>10.1f} frames/s "
+          f"({result['decode']['cores_to_feed_embed']} cores would keep the fastest embed fed)")
     print(f"{'predict p50 / p95 (goal < 200 ms)':<34}{result['predict']['p50_ms']:>10.1f} / "
           f"{result['predict']['p95_ms']:.1f} ms at {args.frames} frames")
     print("stage seconds:", json.dumps(seconds))

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The prepared GPU run: on a machine with CUDA and no network, from a fresh clone:
 #   bash bench/gpu.sh
-# Sets up .venv if needed (make setup), then bench/gpu.py: embed at 150 frames (bf16, channels_last,
-# eager and compiled) vs the model-only forward, `spectral predict` latency, 1-GPU and (2+ GPUs) DDP
-# training. Writes bench/results/gpu_<card>.json; about 3-5 minutes.
+# Sets up .venv if needed (make setup), then bench/gpu.py: decode with all cores, embed at 150 frames
+# (bf16, channels_last, eager and compiled) vs the model-only forward, `spectral predict` latency, 1-GPU
+# and (2+ GPUs) DDP training. Writes bench/results/gpu_<card>.json; about 3-5 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make setup >/dev/null

@@ -8,7 +8,7 @@ smallest N), embed time where N <= --embed-max (above it: extrapolated from the 
 and marked so), cached training time per epoch. At --incremental-n: add 1 % time-stamped events,
 re-run decode + sensors + embed, and `dvc push` to a local remote (bytes it adds, against the new
 events' own bytes); then the same with randomly named events. Baselines in the same run: the full
-run's time (ratio), PyAV single-thread decode of the same clips (the FFmpeg limit), raw npy bytes.
+run's time (ratio), raw npy bytes; decode against FFmpeg itself is bench/decode.py's.
 Before the new events, an `unchanged` re-run (no new events, outputs relinked by `dvc add`) measures
 what verifying the reused outputs alone costs each night.
 
@@ -30,7 +30,6 @@ import threading
 import time
 from pathlib import Path
 
-import av
 from common import RESULTS, write_result
 
 from spectral.stages.synth import SynthConfig, generate
@@ -95,17 +94,6 @@ def run_stage(stage: str, src: Path, dst: Path, options: dict, script: Path) -> 
         raise RuntimeError(f"{stage} failed ({process.returncode})")
     return {"seconds": round(time.perf_counter() - started, 2), "peak_rss_mib": round(peak / 1024, 1),
             **json.loads(out.strip().splitlines()[-1])}
-
-
-def ffmpeg_limit_seconds(videos: list[Path]) -> float:
-    """Decoding every frame of the clips single-threaded with the FFmpeg inside PyAV."""
-    started = time.perf_counter()
-    for path in videos:
-        with av.open(str(path)) as container:
-            container.streams.video[0].thread_count = 1
-            for _ in container.decode(video=0):
-                pass
-    return time.perf_counter() - started
 
 
 def link_events(pool: Path, names: list[str], dest: Path) -> Path:
@@ -195,13 +183,8 @@ def main() -> None:
             npy = run_stage("decode", events, work / "decoded_npy", {**decode_opts, "frame_format": "npy"}, script)
             npy_bytes = sum(p.stat().st_size for p in (work / "decoded_npy").glob("*.tar")) // n
             shutil.rmtree(work / "decoded_npy")
-            limit = ffmpeg_limit_seconds([pool / name / "video.mp4" for name in names[:n]])
             row["baselines"] = {"npy_shard_bytes_per_event": npy_bytes, "npy_decode": npy,
-                                "ffmpeg_single_thread_seconds": round(limit, 2),
-                                "bytes_vs_npy": round(row["shard_bytes_per_event"] / npy_bytes, 3),
-                                "decode_vs_ffmpeg": round(limit / row["decode"]["seconds"], 3),
-                                "decode_vs_ffmpeg_per_core": round(limit / (row["decode"]["seconds"] * args.workers),
-                                                                   3)}
+                                "bytes_vs_npy": round(row["shard_bytes_per_event"] / npy_bytes, 3)}
         if n <= args.embed_max:
             row["embed"] = run_stage("embed", work / f"decoded_{n}", work / f"embedded_{n}", {}, script)
         if n <= args.embed_max and n <= (args.embed_max if args.train_max is None else args.train_max):
@@ -291,9 +274,7 @@ def main() -> None:
         embed_s = row.get("embed", {}).get("seconds") or f"~{row.get('embed_extrapolated', {}).get('seconds', '-')}"
         print(f"{row['events']:>6}{row['decode']['seconds']:>10}{row['sensors']['seconds']:>10}"
               f"{row['decode']['peak_rss_mib']:>10}{row['shard_bytes_per_event'] // 1000:>10}{embed_s:>10}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_result(args.output.stem, result) if args.output.parent == RESULTS else \
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_result("scale", result, args.output)
     plot(result, args.output.with_suffix(".png"))
 
 
