@@ -52,3 +52,18 @@ def pipeline_outputs_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--sensors", type=Path, default=Path("data/sensors.parquet"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     return parser
+
+
+def tree_rss_kb(root: int) -> int:
+    """Resident memory of a process and all its descendants (Linux /proc), in KiB."""
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                stack += [int(child) for child in (task / "children").read_text().split()]
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total

@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import RESULTS, write_result
+from common import RESULTS, tree_rss_kb, write_result
 
 from spectral.stages.synth import SynthConfig, generate
 
@@ -55,21 +55,6 @@ if __name__ == "__main__":  # imports per stage: each process pays only its own 
 """
 
 
-def _tree_rss_kb(root: int) -> int:
-    """Resident memory of a process and all its descendants (Linux /proc), in KiB."""
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                stack += [int(child) for child in (task / "children").read_text().split()]
-        except (OSError, StopIteration, ValueError):
-            continue
-    return total
-
-
 def run_stage(stage: str, src: Path, dst: Path, options: dict, script: Path) -> dict:
     """Run one stage in its own process tree; wall seconds, peak summed RSS (MiB) and its reuse counts."""
     started = time.perf_counter()
@@ -82,7 +67,7 @@ def run_stage(stage: str, src: Path, dst: Path, options: dict, script: Path) -> 
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, _tree_rss_kb(process.pid))
+            peak = max(peak, tree_rss_kb(process.pid))
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -233,7 +233,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=_cmd_predict)
+
+    _add_serve(sub)
     return parser
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from dataclasses import fields
+
+    from spectral.serving.config import ServeConfig, UploadLimits
+
+    try:
+        from spectral.serving.server import serve
+    except ImportError as err:
+        raise SystemExit(f"spectral serve needs the serve extra: pip install -e '.[serve]' ({err})") from None
+    limits = UploadLimits(**{f.name: getattr(args, f.name) for f in fields(UploadLimits)})
+    serve(ServeConfig(**{f.name: getattr(args, f.name) for f in fields(ServeConfig) if f.name != "limits"},
+                      limits=limits))
+
+
+_SERVE_HELP = {
+    "model": "the exported model", "host": "address to listen on (0.0.0.0: every interface)",
+    "device": "auto (a GPU where present), cpu or cuda", "max_batch_size": "requests predicted together",
+    "batch_timeout": "seconds a batch waits to fill", "max_queue": "requests in flight before 503 + Retry-After",
+    "api_key_env": "environment variable holding the API key clients send as X-API-Key",
+    "upload_dir": "where the per-request folders go (default: the system temp dir)",
+}
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    """Every ServeConfig and UploadLimits field is a flag with the dataclass's default (docs/serving.md)."""
+    from dataclasses import MISSING, fields
+
+    from spectral.serving.config import ServeConfig, UploadLimits
+
+    p = sub.add_parser("serve", help="serve the model over HTTP: POST /predict, GET /health, GET /model",
+                       description="Serve the model over HTTP (docs/serving.md). Needs the serve extra.")
+    for f in [*(f for f in fields(ServeConfig) if f.name != "limits"), *fields(UploadLimits)]:
+        default = None if f.default is MISSING else f.default
+        kind = Path if f.name in ("model", "upload_dir") else str if default is None else type(default)
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default, dest=f.name,
+                       help=f"{_SERVE_HELP.get(f.name, 'upload limit')} (default: {default})")
+    p.set_defaults(func=_cmd_serve)
 
 
 def main(argv: list[str] | None = None) -> int:

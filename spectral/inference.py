@@ -142,6 +142,10 @@ class Predictor:
                 "warnings": event.warnings,
             }
 
+    def answers(self, prepared: list[PreparedEvent]) -> list[dict]:
+        """Predictions for events already prepared (the server decodes them apart from the batch)."""
+        return list(self._run(prepared))
+
     def predict(self, folders: list[Path], batch_size: int = 8) -> Iterator[dict]:
         """One result per folder, in order: a prediction or {"event", "error"}."""
         pending: list[PreparedEvent] = []

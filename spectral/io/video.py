@@ -197,6 +197,7 @@ def read_frames_pyav(path: str, num_frames: int, size: int | None = None,
     target = {} if size is None else {"width": size, "height": size, "interpolation": _SWS_FILTERS[interpolation]}
     with av.open(path) as container:
         stream = _video_stream(container)
+        stream.thread_count = 1  # one thread per worker: `decode.workers` spreads events over the cores
         packets = _demux(container, stream)
         wanted = sample_indices(len(packets), num_frames)
         decoder = stream.codec_context
@@ -213,7 +214,7 @@ def read_frames_pyav(path: str, num_frames: int, size: int | None = None,
             decoded += 1
             rotation = _quarter_turns(frame.rotation) * 90 if rotation is None else rotation
             if index in wanted_set and index not in kept:
-                kept[index] = scaler.reformat(frame, format="rgb24", **target).to_ndarray()
+                kept[index] = scaler.reformat(frame, format="rgb24", threads=1, **target).to_ndarray()
                 corrupt += int(frame.is_corrupt) * int((wanted == index).sum())
                 pending.remove(index)
 

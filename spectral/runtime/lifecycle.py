@@ -36,11 +36,17 @@ def _terminate_children_and_exit(signum: int, frame) -> None:
     os._exit(128 + signum)  # no unwinding: a worker pool's shutdown would wait for the killed workers
 
 
+def take_children_along() -> None:
+    """Exit on SIGTERM terminating this process's worker processes first (a server's inference and HTTP
+    processes, a stage's pool), so `kill` never leaves orphans behind."""
+    signal.signal(signal.SIGTERM, _terminate_children_and_exit)
+
+
 def end_with_children() -> None:
     """For a stage's main process: exit on SIGTERM taking its worker processes along, and get SIGTERM
     when the launching process (DVC, torchrun, a shell) dies."""
     global _installed
-    signal.signal(signal.SIGTERM, _terminate_children_and_exit)
+    take_children_along()
     die_with_parent()
     _installed = True
 

@@ -1,0 +1,1 @@
+"""The model as an HTTP service (`spectral serve`, the optional `serve` extra): uploads, limits, the server."""
