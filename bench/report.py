@@ -95,6 +95,8 @@ def embed_cpu(d: dict) -> list[str]:
             "", *_table(["claim", "stage", "baseline", "ratio"], [
                 ["embed stage (reading h264 shards) vs model-only forward", f"{d['stage_frames_per_s']} frames/s",
                  f"{d['model_only_frames_per_s']} frames/s", d["ratio_stage_vs_model"]],
+                [f"the stage's frames/s over its own forward seconds ({d['num_workers']} loader process), "
+                 f"median of 3 runs", "", "", d["stage_vs_own_model_seconds"]["median"]],
                 [f"2 torchrun ranks × {ranks['2']['threads_per_rank']} thread vs 1 process × "
                  f"{ranks['1']['threads_per_rank']} threads", f"{ranks['2']['stage_frames_per_s']} frames/s",
                  f"{ranks['1']['stage_frames_per_s']} frames/s", ranks["ratio_2_vs_1"]]])]
@@ -126,6 +128,34 @@ def decode(d: dict) -> list[str]:
                   *_table(["part", *[f"{frames} of 150" for frames in counts]],
                           [[part, *[counts[frames][part] for frames in counts]] for part in parts]), ""]
     return lines[:-1]
+
+
+def serve(d: dict) -> list[str]:
+    base = d["in_process_predictor"]
+
+    def spread(row: dict) -> str:
+        return f"{row['p50_ms']} / {row['p95_ms']} / {row['p99_ms']}"
+
+    rows = [["in-process `Predictor`, one at a time", spread(base), "", "", ""]]
+    for level, row in d["concurrency"].items():
+        rows.append([f"served, concurrency {level}", spread(row),
+                     row["events_per_s"], f"{d['throughput_vs_one_at_a_time'][level]}×",
+                     json.dumps(row["errors_by_status"]) if row["errors_by_status"] else "0"])
+    long = d["long_uploads_5s_640x480"]
+    errors = json.dumps(long["errors_by_status"]) if long["errors_by_status"] else "0"
+    rows.append(["served, 5 s 640×480 uploads, one at a time", spread(long), long["events_per_s"], "", errors])
+    soak, mixed = d["soak"], d["mixed_20_percent_bad"]
+    bad = ", ".join(f"{name} → {'/'.join(map(str, codes))}" for name, codes in mixed["bad"].items())
+    return [f"Demo events at the model's {d['frames_per_event']} frames; {d['cpu_cores']} cores.", "",
+            *_table(["run", "p50 / p95 / p99 ms", "events/s", "vs one at a time", "errors"], rows), "",
+            *_table(["claim", "result"], [
+                ["served p50 minus in-process p50 (one at a time)", f"{d['served_p50_minus_in_process_ms']} ms"],
+                [f"soak: {soak['requests']:,} requests at concurrency {soak['concurrency']}",
+                 f"RSS {soak['rss_after_warm_up_mib']} → {soak['rss_end_mib']} MiB ({soak['rss_growth']:+.1%}), "
+                 f"{soak['files_left_in_upload_dir']} files left, errors: "
+                 f"{json.dumps(soak['errors_by_status']) if soak['errors_by_status'] else 0}"],
+                [f"mixed: {mixed['requests']} requests, every fifth a bad upload",
+                 f"{mixed['good_failed']} of {mixed['good']} good requests failed; {bad}"]])]
 
 
 def train(d: dict) -> list[str]:
@@ -215,10 +245,13 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict], list[str]], str]] = [
      "Wall time grows linearly and peak memory stays flat with the archive."),
     ("frame_cache.json", "Frame cache formats", "python bench/frame_cache.py", frame_cache,
      "Drift is the relative change of the frame embedding against the raw frames; h264 is lossless."),
-    ("embed_cpu.json", "Embedding on CPU", "python bench/embed.py", embed_cpu, ""),
+    ("embed_cpu.json", "Embedding on CPU", "python bench/embed.py --ranks 2", embed_cpu, ""),
     ("decode.json", "Decode against FFmpeg", "python bench/decode.py --profile", decode,
      "Ratios over 1 are faster than decoding every frame. The stage's own seconds exclude the process's startup "
      "(imports); the command rows include it."),
+    ("serve.json", "Serving over HTTP", "python bench/serve.py", serve,
+     "The server runs as its own process on a loopback port, driven by httpx; the in-process baseline is the same "
+     "events through `spectral.inference.Predictor` in the same run."),
     ("train_150frames.json", "Training on cached shards", "python bench/train.py", train,
      "Measured on the AVX-512 machine."),
     ("predict_cpu.json", "Predict latency", "python bench/predict.py", predict,

@@ -11,7 +11,7 @@ in-process `Predictor` on the same events in the same run (what the server adds)
   and every good request a prediction.
 
     python bench/serve.py [--model models/model.pt] [--soak 2000]
-    python bench/serve.py --events 6 --requests 8 --soak 20 --levels 1 4 --output /tmp/serve.json   # smoke size
+    python bench/serve.py --events 4 --requests 6 --levels 1 2 --soak 10 --mixed 10 --output /tmp/serve.json  # smoke
 """
 
 from __future__ import annotations
@@ -167,6 +167,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=96, help="requests per concurrency level")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--soak", type=int, default=2000)
+    parser.add_argument("--mixed", type=int, default=200, help="requests of the mixed run (every fifth is bad)")
     parser.add_argument("--batch", type=int, default=8, help="the server's --max-batch-size")
     parser.add_argument("--output", type=Path, help="where the JSON goes (default bench/results/serve.json)")
     args = parser.parse_args()
@@ -202,7 +203,7 @@ def main() -> None:
                               "rss_end_mib": round(rss_end / 1024, 1),
                               "rss_growth": round(rss_end / rss_start - 1, 4),
                               "files_left_in_upload_dir": sum(1 for _ in uploads.rglob("*"))}
-            result["mixed_20_percent_bad"] = mixed(url, folders, max(50, args.requests))
+            result["mixed_20_percent_bad"] = mixed(url, folders, args.mixed)
         finally:
             process.terminate()
             process.wait(timeout=60)

@@ -109,8 +109,10 @@ class EventUploadSpec(LitSpec):
             raise Refusal(400, "send the event as multipart/form-data with fields named " + ", ".join(UPLOAD_FIELDS))
         try:
             form = await request.form(max_files=_MAX_PARTS, max_fields=_MAX_PARTS, max_part_size=1024)
-        except StarletteHTTPException as err:  # the multipart parser's refusals: the client's body, not the server
-            raise Refusal(400, f"malformed multipart body: {err.detail}") from None
+        except StarletteHTTPException as err:  # the parser's or the size guard's refusal: the client's body
+            too_large = err.status_code == 413
+            raise Refusal(413 if too_large else 400, f"{'' if too_large else 'malformed multipart body: '}{err.detail}"
+                          + (f" (the limit is {limits.max_request_bytes:,} bytes)" if too_large else "")) from None
         try:
             unknown = sorted(set(form.keys()) - {*UPLOAD_FIELDS, EVENT_FIELD})
             if unknown:

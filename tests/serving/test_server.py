@@ -155,6 +155,16 @@ def test_too_large_uploads_are_413_before_anything_is_decoded(server, tiny_event
     rows = "timestamp,magnetic_magnitude\n" + "".join(f"{i},45\n" for i in range(600))
     long_table = post(url, {**files_of(event, ("video.mp4",)), "sensors.csv": ("sensors.csv", rows.encode())})
     assert long_table.status_code == 413 and "rows" in long_table.json()["error"]
+    # a chunked body (no declared length) is cut off at the request limit (3 MB here)
+    def chunks():
+        yield b'--b\r\nContent-Disposition: form-data; name="video.mp4"; filename="video.mp4"\r\n\r\n'
+        for _ in range(4):
+            yield b"\x00" * (1 << 20)
+        yield b"\r\n--b--\r\n"
+
+    chunked = httpx.post(f"{url}/predict", content=chunks(), timeout=60,
+                         headers={**HEADERS, "Content-Type": "multipart/form-data; boundary=b"})
+    assert chunked.status_code == 413, chunked.text
     # a client that declares 2 GB is answered without its body being read
     with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as raw:
         raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nX-API-Key: " + KEY.encode() +
