@@ -6,8 +6,9 @@ as `dvc repro` would, and records, with the card's name:
 - embed stage frames/s at bf16 + channels_last, eager and `torch.compile`d, against the model-only
   forward of the same encoder in the same run (ratio goal >= 0.9); with several GPUs, one rank each;
 - `spectral predict` latency per raw event at 150 frames (spec: < 200 ms);
+- bench/serve.py against the trained model, batches of 8 and of 1 (what dynamic batching buys on the card);
 - training time on 1 GPU and, where two are present, DDP on 2 (its best validation metrics too).
-Writes bench/results/gpu_<card>.json. About 3-5 minutes on one modern GPU.
+Writes bench/results/gpu_<card>.json. About 10 minutes on one modern GPU.
 
     bash bench/gpu.sh                         # what to run on a GPU machine
     python bench/gpu.py --allow-cpu --events 6 --frames 4   # a smoke run of the script itself, on a CPU
@@ -77,6 +78,22 @@ def predict_latency(model: Path, folders: list[Path], device: str) -> dict:
     return {"events": len(latencies), "p50_ms": round(float(p50), 1), "p95_ms": round(float(p95), 1)}
 
 
+def serve_runs(cwd: Path, folders: list[Path]) -> dict:
+    """bench/serve.py against this run's model: batches of 8 (the GPU default) and of 1, so the ratio at
+    concurrency 16 is what batching buys on this card."""
+    runs = {}
+    for batch in (8, 1):
+        output = cwd / f"serve_{batch}.json"
+        subprocess.run([sys.executable, str(PROJECT / "bench" / "serve.py"), "--model",
+                        str(cwd / "models" / "model.pt"), "--demo-events", str(folders[0].parent), "--levels", "1",
+                        "16", "--soak", "500", "--mixed", "100", "--batch", str(batch), "--output", str(output)],
+                       check=True, cwd=PROJECT / "bench")
+        runs[f"batch_{batch}"] = json.loads(output.read_text(encoding="utf-8"))
+    runs["batching_gain_at_16"] = round(runs["batch_8"]["concurrency"]["16"]["events_per_s"]
+                                        / runs["batch_1"]["concurrency"]["16"]["events_per_s"], 3)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=48)
@@ -133,6 +150,7 @@ def main() -> None:
         result["train_1gpu"] = {"epochs": summary["epochs_run"] + 1, "best_val_metrics": summary["best_val_metrics"]}
         folders = sorted(p for p in (cwd / "events").iterdir() if re.fullmatch(r"event_\d+", p.name))
         result["predict"] = predict_latency(cwd / "models" / "model.pt", folders[:22], device)
+        result["serve"] = serve_runs(cwd, folders)
         if gpus >= 2:
             set_params(cwd, {"train": {"devices": 2}})
             seconds["train_ddp_2gpu"] = stage(cwd, "train.py", embeddings, "sensors.parquet", "models_ddp")
@@ -146,6 +164,7 @@ def main() -> None:
           f"({result['decode']['cores_to_feed_embed']} cores would keep the fastest embed fed)")
     print(f"{'predict p50 / p95 (goal < 200 ms)':<34}{result['predict']['p50_ms']:>10.1f} / "
           f"{result['predict']['p95_ms']:.1f} ms at {args.frames} frames")
+    print(f"{'serve, concurrency 16, batch 8 / 1':<34}{result['serve']['batching_gain_at_16']:>10.2f}x")
     print("stage seconds:", json.dumps(seconds))
     if gpus:  # a CPU smoke run is not a GPU result
         write_result(f"gpu_{re.sub(r'[^A-Za-z0-9]+', '_', card)}", result)

@@ -45,11 +45,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(model: Path, uploads: Path, batch: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, uploads: Path, batch: int | None) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    batching = ["--max-batch-size", str(batch)] if batch else []  # none: the server's default for its device
     process = subprocess.Popen([sys.executable, "-m", "spectral", "serve", "--model", str(model), "--port", str(port),
-                                "--device", "auto", "--upload-dir", str(uploads), "--max-batch-size", str(batch),
-                                "--max-queue", "256"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--device", "auto", "--upload-dir", str(uploads), "--max-queue", "256", *batching],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
@@ -168,7 +169,7 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--soak", type=int, default=2000)
     parser.add_argument("--mixed", type=int, default=200, help="requests of the mixed run (every fifth is bad)")
-    parser.add_argument("--batch", type=int, default=8, help="the server's --max-batch-size")
+    parser.add_argument("--batch", type=int, help="the server's --max-batch-size (default: its own)")
     parser.add_argument("--output", type=Path, help="where the JSON goes (default bench/results/serve.json)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,6 +185,7 @@ def main() -> None:
         process, url = start_server(args.model, uploads, args.batch)
         try:
             result: dict = {"frames_per_event": Predictor(args.model).config["video"]["num_frames"],
+                            "max_batch_size": args.batch or "server default",
                             "in_process_predictor": baseline, "concurrency": {}}
             payloads = [upload(folder) for folder in folders]
             drive(url, payloads[:4], 1)  # warm the connection pool and the worker

@@ -254,7 +254,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
 _SERVE_HELP = {
     "model": "the exported model", "host": "address to listen on (0.0.0.0: every interface)",
-    "device": "auto (a GPU where present), cpu or cuda", "max_batch_size": "requests predicted together",
+    "device": "auto (a GPU where present), cpu or cuda",
+    "max_batch_size": "requests predicted together (default: 8 on a GPU, 1 on a CPU)",
     "batch_timeout": "seconds a batch waits to fill", "max_queue": "requests in flight before 503 + Retry-After",
     "api_key_env": "environment variable holding the API key clients send as X-API-Key",
     "upload_dir": "where the per-request folders go (default: the system temp dir)",
@@ -271,7 +272,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                        description="Serve the model over HTTP (docs/serving.md). Needs the serve extra.")
     for f in [*(f for f in fields(ServeConfig) if f.name != "limits"), *fields(UploadLimits)]:
         default = None if f.default is MISSING else f.default
-        kind = Path if f.name in ("model", "upload_dir") else str if default is None else type(default)
+        kind = {"model": Path, "upload_dir": Path, "max_batch_size": int}.get(f.name) or type(default or "")
         p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default, dest=f.name,
                        help=f"{_SERVE_HELP.get(f.name, 'upload limit')} (default: {default})")
     p.set_defaults(func=_cmd_serve)

@@ -36,7 +36,9 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     device: str = "auto"
-    max_batch_size: int = 8
+    # requests predicted together; None: 8 on a GPU, 1 on a CPU, where batches of 8 demo events ran at 0.76x
+    # the one-at-a-time rate on 2 cores (bench/serve.py) while one at a time kept pace with 16 clients
+    max_batch_size: int | None = None
     batch_timeout: float = 0.005  # seconds a batch waits for more requests
     max_queue: int = 64  # requests in flight beyond which new ones get 503 + Retry-After
     api_key_env: str | None = None  # the environment variable holding the API key; None: no key needed

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import litserve as ls
@@ -181,7 +181,7 @@ class SpectralAPI(ls.LitAPI):
     exception: LitServe fails a whole batch on one request's exception."""
 
     def __init__(self, config: ServeConfig) -> None:
-        super().__init__(max_batch_size=config.max_batch_size, batch_timeout=config.batch_timeout,
+        super().__init__(max_batch_size=config.max_batch_size or 1, batch_timeout=config.batch_timeout,
                          spec=EventUploadSpec(config, model_info(config.model), load_api_key(config.api_key_env)))
         self.config = config
 
@@ -212,10 +212,13 @@ class SpectralAPI(ls.LitAPI):
             return {"refused": 500, "body": {"error": f"internal error while decoding ({type(err).__name__}); "
                                                        f"the event was not at fault"}}
 
-    def predict(self, batch: list) -> list:
-        prepared = [item for item in batch if not isinstance(item, dict)]
+    def predict(self, batch: list | object) -> list | dict:
+        """Answers for a batch (a list when --max-batch-size > 1; LitServe passes one item otherwise)."""
+        items = batch if self.max_batch_size > 1 else [batch]
+        prepared = [item for item in items if not isinstance(item, dict)]
         answers = iter(self.predictor.answers(prepared) if prepared else [])
-        return [item if isinstance(item, dict) else next(answers) for item in batch]
+        out = [item if isinstance(item, dict) else next(answers) for item in items]
+        return out if self.max_batch_size > 1 else out[0]
 
     def encode_response(self, output: dict) -> dict:
         return output
@@ -253,13 +256,27 @@ def model_info(path: Path) -> dict:
 
 
 def warm_up(predictor) -> None:
-    """Predict one generated event end to end (decoders, model, calibration) before declaring readiness."""
-    from spectral.stages.synth import SynthConfig, write_event
+    """Predict one generated event (a 1 s clip and 1 s of tone: the decoders, the model, calibration and the
+    OOD score all run once) before the worker reports ready."""
+    import av
+    import numpy as np
+    import soundfile as sf
 
     with tempfile.TemporaryDirectory(prefix="spectral-warmup-") as tmp:
-        folder = Path(tmp) / "warmup"
-        write_event(folder, 0, 0, SynthConfig(duration_s=1.0))
-        list(predictor.predict([folder]))
+        folder = Path(tmp) / "event_warmup"
+        folder.mkdir()
+        with av.open(str(folder / "video.mp4"), "w") as container:
+            stream = container.add_stream("libx264", rate=30)
+            stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+            for k in range(30):
+                frame = np.full((96, 128, 3), 4 * k, dtype=np.uint8)
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+        tone = 0.1 * np.sin(2 * np.pi * 440 * np.arange(44_100) / 44_100)
+        sf.write(str(folder / "audio.wav"), tone, 44_100)
+        answer = next(predictor.predict([folder]))
+        if "error" in answer:
+            raise RuntimeError(f"the warm-up event could not be classified: {answer['error']}")
 
 
 def serve(config: ServeConfig) -> None:
@@ -267,10 +284,14 @@ def serve(config: ServeConfig) -> None:
     from spectral.runtime.lifecycle import take_children_along
 
     take_children_along()
+    import torch
+
+    gpu = config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
+    config = replace(config, max_batch_size=config.max_batch_size or (8 if gpu else 1))
     accelerator = "auto" if config.device == "auto" else config.device
     server = ls.LitServer(SpectralAPI(config), accelerator=accelerator, devices=1, timeout=60,
                           max_payload_size=config.limits.max_request_bytes)
-    print(f"spectral serve: {config.model} on http://{config.host}:{config.port} "
-          f"(limits: {asdict(config.limits)})", flush=True)
+    print(f"spectral serve: {config.model} on http://{config.host}:{config.port}, batches of up to "
+          f"{config.max_batch_size} (limits: {asdict(config.limits)})", flush=True)
     server.run(host=config.host, port=config.port, generate_client_file=False, log_level="warning")
 

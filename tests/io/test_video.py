@@ -10,7 +10,7 @@ from media import (
     write_rotated_video,
 )
 
-from spectral.io.video import _assemble, load_video, read_frames_decord, read_frames_pyav, sample_indices
+from spectral.io.video import SampledFrames, load_video, read_frames_decord, read_frames_pyav, sample_indices
 
 
 def test_sample_indices_are_uniform_and_repeat_for_short_clips():
@@ -90,9 +90,15 @@ def test_phone_rotation_is_honoured_so_frames_come_out_upright(tmp_path, backend
 
 
 def test_frames_that_could_not_be_decoded_are_counted_not_hidden():
-    kept = {0: np.zeros((2, 2, 3), np.uint8), 5: np.ones((2, 2, 3), np.uint8)}
-    frames, repeated = _assemble(kept, np.array([0, 5, 7, 9]))
+    sampled = SampledFrames(np.array([0, 5, 7, 9]))
+    sampled.put(0, np.zeros((2, 2, 3), np.uint8))
+    sampled.put(5, np.ones((2, 2, 3), np.uint8))
+    frames, repeated = sampled.finish()
     assert repeated == 2 and [int(f.max()) for f in frames] == [0, 1, 1, 1]
+    late = SampledFrames(np.array([0, 0, 3]))  # nothing decoded before the first good frame: it stands in
+    late.put(3, np.full((2, 2, 3), 7, np.uint8))
+    frames, repeated = late.finish()
+    assert repeated == 2 and [int(f.max()) for f in frames] == [7, 7, 7]
 
 
 def test_clean_clip_reports_every_frame_decoded(tmp_path):

@@ -98,7 +98,7 @@ def test_a_served_prediction_is_the_clis_for_the_same_files(server, tiny_events,
     assert_same_answer(served, cli_predict(model, folder))
 
 
-def test_the_answer_carries_the_clients_event_name_and_concurrent_requests_are_batched(server, tiny_events):
+def test_the_answer_carries_the_clients_event_name_under_concurrent_requests(server, tiny_events):
     url, _, _ = server
     results: dict[int, httpx.Response] = {}
 
@@ -253,3 +253,25 @@ def _session_of(stat: Path) -> int | None:
         return int(stat.read_text().rsplit(")", 1)[1].split()[3])
     except (OSError, IndexError, ValueError):
         return None
+
+
+@pytest.mark.parametrize("max_batch_size", [1, 3])
+def test_the_inference_worker_answers_alone_and_in_batches(trained, tiny_events, tmp_path, max_batch_size):
+    """LitServe hands predict one item when batching is off and a list otherwise; a refused item never
+    takes its batch down with it."""
+    from spectral.serving.config import ServeConfig
+    from spectral.serving.server import SpectralAPI
+
+    out, _ = trained
+    api = SpectralAPI(ServeConfig(model=out / "model.pt", max_batch_size=max_batch_size))
+    api.setup("cpu")
+    good = tmp_path / "good" / "event_upload"
+    shutil.copytree(sorted(tiny_events.iterdir())[0], good)
+    bad = tmp_path / "bad" / "event_upload"
+    bad.mkdir(parents=True)
+    (bad / "video.mp4").write_bytes(b"\x00" * 64)
+    requests = [{"folder": str(good), "event": "good"}, {"folder": str(bad), "event": "bad"}]
+    decoded = [api.decode_request(request) for request in requests]
+    answers = api.predict(decoded) if max_batch_size > 1 else [api.predict(item) for item in decoded]
+    assert answers[0]["event"] == "good" and answers[0]["decision"] in ("classified", "out_of_distribution")
+    assert answers[1]["refused"] == 422 and answers[1]["body"]["event"] == "bad"
