@@ -21,6 +21,7 @@ with `missing_modality: keep` is left out of the sample and named (training mask
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -160,24 +161,40 @@ def _decode_or_reason(folder: Path, cfg: DecodeConfig) -> Result:
         return display_name(folder.name), None, str(err)
 
 
-def _ordered_results(folders: list[Path], cfg: DecodeConfig) -> Iterator[Result]:
+def _ready() -> None:
+    """Nothing: a worker that unpickles this task has imported the decode module, so it is ready."""
+
+
+@contextlib.contextmanager
+def _decode_workers(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """Worker processes when `workers > 1`, started at once: spawning them and their imports overlap the
+    writer's own start-up and the hashing of the inputs instead of delaying the first event."""
+    if workers <= 1:
+        yield None
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=die_with_parent) as pool:
+        for _ in range(workers):  # the executor starts a process for each task no idle worker can take
+            pool.submit(_ready)
+        yield pool
+
+
+def _ordered_results(folders: list[Path], cfg: DecodeConfig, pool: ProcessPoolExecutor | None) -> Iterator[Result]:
     """Results in input order; parallel workers never change the output bytes.
 
     A rolling window of `4 x workers` events is in flight, so memory stays bounded by the
     window, not the dataset, and no worker idles while the writer waits on a slow event.
     """
-    if cfg.workers <= 1 or not folders:
+    if pool is None or not folders:
         yield from (_decode_or_reason(folder, cfg) for folder in folders)
         return
     remaining = iter(folders)
-    with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=die_with_parent) as pool:
-        in_flight = deque(pool.submit(_decode_or_reason, f, cfg) for f in islice(remaining, cfg.workers * 4))
-        while in_flight:
-            result = in_flight.popleft().result()
-            for folder in islice(remaining, 1):
-                in_flight.append(pool.submit(_decode_or_reason, folder, cfg))
-            yield result
+    in_flight = deque(pool.submit(_decode_or_reason, f, cfg) for f in islice(remaining, cfg.workers * 4))
+    while in_flight:
+        result = in_flight.popleft().result()
+        for folder in islice(remaining, 1):
+            in_flight.append(pool.submit(_decode_or_reason, folder, cfg))
+        yield result
 
 
 @dataclass
@@ -289,11 +306,17 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
 
     Under torchrun (`ranks` from spectral.runtime.distributed.stage_ranks) each rank makes whole shards of
     the plan and rank 0 writes the report once every rank has reported its shards."""
+    with _decode_workers(cfg.workers) as pool:
+        return _decode_into_shards(events_dir, out_dir, cfg, ranks, pool)
+
+
+def _decode_into_shards(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks,
+                        pool: ProcessPoolExecutor | None) -> dict:
     # Imported here, not at module level: webdataset pulls in torch (1 s), and every spawned
     # decode worker imports this module; workers only decode, the writer lives in this process.
     from spectral.runtime.shards import AtomicTarWriter
 
-    started = time.perf_counter()
+    started = time.perf_counter()  # after the start-up: the stage's own seconds
     check_format(cfg.frame_format, cfg.jpeg_quality)
     check_backend(cfg.backend)  # a decoder that cannot be imported fails here, before any event is touched
     # one listing, rank 0's: events arriving mid-run (a growing archive) must not give ranks different plans
@@ -327,7 +350,7 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
                  if key not in old.location and key not in old.rejection]
     if changes and to_decode:
         log.warning("%s; recomputing %d events", ranks.label("decode: " + "; ".join(changes)), len(to_decode))
-    results = _ordered_results(to_decode, cfg)
+    results = _ordered_results(to_decode, cfg, pool)
     progress = tqdm(total=len(to_decode), desc=ranks.label("decode"), unit="event")
     try:
         for shard in to_write:
