@@ -33,7 +33,7 @@ from common import write_result
 
 from spectral.io.audio import load_audio
 from spectral.io.frames import h264_lossless
-from spectral.io.video import _SWS_FILTERS, probe_video, read_frames_pyav, sample_indices
+from spectral.io.video import SWS_FILTERS, probe_video, read_frames_pyav, sample_indices
 from spectral.stages.decode import DecodeConfig, run_decode
 from spectral.stages.synth import SynthConfig, generate
 
@@ -131,7 +131,7 @@ def profile(events: Path, frames: int, clip_frames: int) -> dict:
     decoded = []
 
     def read_all() -> None:
-        decoded.extend(read_frames_pyav(str(v), frames, 224)[0] for v in videos)
+        decoded.extend(read_frames_pyav(str(v), frames, 224, as_yuv=True)[0] for v in videos)
 
     def decode_only() -> None:
         for v in videos:
@@ -149,14 +149,15 @@ def profile(events: Path, frames: int, clip_frames: int) -> dict:
                 container.streams.video[0].thread_count = 1
                 for index, frame in enumerate(container.decode(video=0)):
                     if index in wanted:
-                        scaler.reformat(frame, format="rgb24", width=224, height=224,
-                                        interpolation=_SWS_FILTERS["bicubic"])
+                        scaler.reformat(frame, format="yuv420p", width=224, height=224,
+                                        interpolation=SWS_FILTERS["bicubic"], threads=1)
 
     sampled = frames * len(videos)
     parts = {"demux + decode + resize (the stage's reader)": timed(read_all)}
     parts["  of which: decode up to the last sampled frame, no skipping"] = timed(decode_only)
-    parts["  of which: decode + swscale resize, no skipping"] = timed(resize_only)
-    parts["lossless H.264 encode of the 224x224 frames"] = timed(lambda: [h264_lossless(f) for f in decoded])
+    parts["  of which: decode + swscale 4:2:0 resize, no skipping"] = timed(resize_only)
+    parts["lossless H.264 encode of the 224x224 4:2:0 frames"] = timed(lambda: [h264_lossless(f) for f in decoded])
+    parts["4:2:0 to RGB (what the embed stage and predict do)"] = timed(lambda: [f.rgb() for f in decoded])
     parts["audio decode + resample"] = timed(lambda: [load_audio(str(v.parent / "audio.wav"), length=5 * 16_000)
                                                       for v in videos])
     cfg = DecodeConfig(num_frames=frames, audio_seconds=5.0, workers=1)

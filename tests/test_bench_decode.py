@@ -25,5 +25,5 @@ def test_decode_benchmark_runs_at_smoke_size(tmp_path):
         assert runs["stage, 1 worker(s)"]["ratio_vs_full_decode"] > 0 and runs["workers_1_to_2"] > 0
         assert runs["`spectral decode`, 2 worker(s), startup included"]["seconds"] > 0
     profile = result["profile_ms_per_sampled_frame"]["phone 640x480, 1 s GOP"]["16"]
-    encode = profile["lossless H.264 encode of the 224x224 frames"]
+    encode = profile["lossless H.264 encode of the 224x224 4:2:0 frames"]
     assert profile["the whole stage (1 worker, startup excluded)"] > encode > 0

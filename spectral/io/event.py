@@ -45,7 +45,8 @@ def media_warnings(video: VideoInfo | None, audio: AudioInfo | None) -> list[str
 
 def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpolation: str,
                  audio_seconds: float = TARGET_SECONDS, keep_missing: bool = False, links_inside: bool = False) -> dict:
-    """One event's frames ("frames.npy", uint8 [N, size, size, 3]), int16 audio and metadata; raises
+    """One event's frames ("frames.npy": spectral.io.frames.Frames, 4:2:0 from PyAV, RGB from decord), int16 audio
+    and metadata; raises
     EventError naming the file at fault. Labels are not read. `keep_missing`: a missing, empty or
     undecodable video or audio is left out of the sample and named in json["missing"] with its reason
     (the model masks it), instead of rejecting the event. `links_inside`: links that resolve outside the
@@ -58,7 +59,8 @@ def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpo
     try:
         path = check_file(event.path, VIDEO_FILE, links_inside)
         try:
-            sample["frames.npy"], video_info = load_video(str(path), num_frames, size, backend, interpolation)
+            sample["frames.npy"], video_info = load_video(str(path), num_frames, size, backend, interpolation,
+                                                          as_yuv=True)
         except Exception as err:
             if not is_invalid_media(err):  # the machine's failure, not the file's: never recorded (spectral.io.errors)
                 raise

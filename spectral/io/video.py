@@ -8,7 +8,8 @@ container's frame-count header, which is missing (WebM) or wrong in real files.
 Phones store portrait video as landscape frames plus a display matrix; frames come out
 rotated as a player shows them, from both decoders. Scaling uses swscale's bit-exact,
 accurately rounded C paths: its default SIMD paths are not bit-exact and differ between
-CPUs, and these bytes are hashed by DVC.
+CPUs, and these bytes are hashed by DVC. PyAV scales the frame's own 4:2:0 planes (half the
+samples of RGB) and keeps them so (spectral.io.yuv420.Yuv420Frames) until RGB is needed.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from av.video.reformatter import Interpolation, VideoReformatter
 from PIL import Image
 
 from spectral.io.errors import InvalidMediaError
+from spectral.io.yuv420 import Yuv420Frames
 
 _PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                 "area": Image.Resampling.BOX}
 _SWS_EXACT = Interpolation.BITEXACT | Interpolation.ACCURATE_RND
-_SWS_FILTERS = {"bilinear": Interpolation.BILINEAR | _SWS_EXACT, "bicubic": Interpolation.BICUBIC | _SWS_EXACT,
+SWS_FILTERS = {"bilinear": Interpolation.BILINEAR | _SWS_EXACT, "bicubic": Interpolation.BICUBIC | _SWS_EXACT,
                 "area": Interpolation.AREA | _SWS_EXACT}
 
 
@@ -180,21 +182,25 @@ class _DecodePlan:
         return self.starts[k][1] if k >= 0 and self.starts[k][1] > position else position
 
 
-def read_frames_pyav(path: str, num_frames: int, size: int | None = None,
-                     interpolation: str = "bicubic") -> tuple[np.ndarray, VideoInfo]:
+def read_frames_pyav(path: str, num_frames: int, size: int | None = None, interpolation: str = "bicubic",
+                     as_yuv: bool = False) -> tuple[np.ndarray | Yuv420Frames, VideoInfo]:
     """[num_frames, S, S, 3] uint8 RGB (native H×W when size is None), decoded with PyAV; the frames are
-    identical to a front-to-back decode of every frame (tests/io/test_video.py, per codec).
+    identical to a front-to-back decode of every frame (tests/io/test_video.py, per codec). `as_yuv`: the
+    S×S frames as scaled, in 4:2:0 (Yuv420Frames, whose `rgb()` is what this returns otherwise).
 
     The file is demuxed once. Decoding does the least work that still gives exact frames: a
     reference-free frame that is not wanted is skipped by the decoder (`skip_frame`), and when
     the next wanted frame lies past a clean restart point (an IDR or a VP9 keyframe), decoding
-    jumps there. Colour conversion and the antialiased downscale are one swscale pass straight
-    from the decoded YUV frame, through one reused scaler context.
+    jumps there. The antialiased downscale is one swscale pass over the decoded frame's planes,
+    through one reused scaler context; RGB comes after, at the small size.
     """
     if not path:
         raise ValueError("empty path")
+    if size is not None and size % 2:
+        raise ValueError(f"video.size must be even (4:2:0 frames), got {size}")
     scaler = VideoReformatter()
-    target = {} if size is None else {"width": size, "height": size, "interpolation": _SWS_FILTERS[interpolation]}
+    target = ({"format": "rgb24"} if size is None else
+              {"format": "yuv420p", "width": size, "height": size, "interpolation": SWS_FILTERS[interpolation]})
     with av.open(path) as container:
         stream = _video_stream(container)
         stream.thread_count = 1  # one thread per worker: `decode.workers` spreads events over the cores
@@ -206,16 +212,17 @@ def read_frames_pyav(path: str, num_frames: int, size: int | None = None,
         pending = sorted(wanted_set)
         sampled = SampledFrames(wanted)
         decoded = corrupt = 0
-        rotation = None
+        rotation = colorspace = None
 
         def take(frame: av.VideoFrame) -> None:
-            nonlocal decoded, corrupt, rotation
+            nonlocal decoded, corrupt, rotation, colorspace
             index = decoded if plan is None else plan.by_pts.get(frame.pts, -1)
             decoded += 1
             rotation = _quarter_turns(frame.rotation) * 90 if rotation is None else rotation
             if index in pending:
-                rgb = scaler.reformat(frame, format="rgb24", threads=1, **target).to_ndarray()
-                corrupt += int(frame.is_corrupt) * sampled.put(index, rgb)
+                colorspace = frame.colorspace if colorspace is None else colorspace
+                corrupt += int(frame.is_corrupt) * sampled.put(index, scaler.reformat(frame, threads=1,
+                                                                                      **target).to_ndarray())
                 pending.remove(index)
 
         position = 0
@@ -236,12 +243,16 @@ def read_frames_pyav(path: str, num_frames: int, size: int | None = None,
         info = _info(stream, len(packets), rotation or 0)  # the stream is freed with its container
     frames, repeated = sampled.finish()
     info = replace(info, decoded_frames=decoded, repeated_frames=repeated, corrupt_frames=corrupt)
-    return _upright(frames, info.rotation), info
+    if size is None:
+        return _upright(frames, info.rotation), info
+    kept = Yuv420Frames(frames, colorspace).rotated(_quarter_turns(info.rotation))
+    return (kept if as_yuv else kept.rgb()), info
 
 
-def read_frames_decord(path: str, num_frames: int, size: int | None = None,
-                       interpolation: str = "bicubic") -> tuple[np.ndarray, VideoInfo]:
-    """Same contract as read_frames_pyav, decoded by decord's `get_batch`, resized with PIL.
+def read_frames_decord(path: str, num_frames: int, size: int | None = None, interpolation: str = "bicubic",
+                       as_yuv: bool = False) -> tuple[np.ndarray, VideoInfo]:
+    """Same contract as read_frames_pyav, decoded by decord's `get_batch`, resized with PIL: RGB always
+    (decord hands over RGB, so `as_yuv` changes nothing).
 
     Identical to PyAV at native size; resized frames differ from PyAV's by the scaler (PIL vs
     swscale: 0.7 grey levels mean on demo frames at 640→224, up to 8 on high-contrast textures
@@ -325,12 +336,13 @@ def check_backend(backend: str) -> None:
                                f"install it or use decode.backend: pyav") from err
 
 
-def load_video(path: str, num_frames: int, size: int, backend: str = "pyav",
-               interpolation: str = "bicubic") -> tuple[np.ndarray, VideoInfo]:
+def load_video(path: str, num_frames: int, size: int, backend: str = "pyav", interpolation: str = "bicubic",
+               as_yuv: bool = False) -> tuple[np.ndarray | Yuv420Frames, VideoInfo]:
     """[num_frames, size, size, 3] uint8 frames sampled uniformly from a video file, squashed to a square
-    (no aspect crop, as in the spec) with antialiased resampling."""
+    (no aspect crop, as in the spec) with antialiased resampling; `as_yuv`: in 4:2:0 where the backend
+    scales them so (read_frames_pyav)."""
     check_backend(backend)
     reader = BACKENDS[backend]
     if interpolation not in _PIL_FILTERS:
         raise ValueError(f"unknown interpolation {interpolation!r}; choose one of {sorted(_PIL_FILTERS)}")
-    return reader(str(path), num_frames, size, interpolation)
+    return reader(str(path), num_frames, size, interpolation, as_yuv)

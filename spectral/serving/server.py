@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -226,8 +227,6 @@ class SpectralAPI(ls.LitAPI):
 
 def load_api_key(variable: str | None) -> str | None:
     """The API key from the named environment variable; a named but empty variable is a setup error."""
-    import os
-
     if variable is None:
         return None
     key = os.environ.get(variable, "")

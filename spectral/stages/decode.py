@@ -106,6 +106,8 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         check_missing_policy(self.missing_modality)
         check_link_policy(self.links_outside_events)
+        if self.size % 2:
+            raise ValueError(f"video.size must be even (frames are kept in 4:2:0), got {self.size}")
 
     def sample_config(self) -> dict:
         """What a decoded sample's bytes depend on (with the media and the code): its reuse key."""

@@ -145,18 +145,20 @@ from av.video.reformatter import Interpolation, VideoReformatter
 if sys.argv[2] == "off":  # FFmpeg's plain C paths: what any x86-64 CPU computes
     ctypes.CDLL(next(line.split()[-1] for line in open("/proc/self/maps") if "libavutil" in line)).av_force_cpu_flags(0)
 from spectral.io.video import read_frames_pyav
-frames, _ = read_frames_pyav(sys.argv[1], 16, 224)
+kept, _ = read_frames_pyav(sys.argv[1], 16, 224, as_yuv=True)  # what the shards store, then what the model sees
+frames = kept.data.tobytes() + kept.rgb().tobytes()
 with av.open(sys.argv[1]) as container:
     first = next(container.decode(video=0))
 fast = VideoReformatter().reformat(first, format="rgb24", width=224, height=224,
                                    interpolation=Interpolation.FAST_BILINEAR).to_ndarray()
-print(hashlib.sha256(frames.tobytes()).hexdigest(), hashlib.sha256(fast.tobytes()).hexdigest())
+print(hashlib.sha256(frames).hexdigest(), hashlib.sha256(fast.tobytes()).hexdigest())
 """
 
 
 def test_decoded_and_resized_bytes_do_not_depend_on_ffmpegs_cpu_paths(tmp_path):
     """FFmpeg with every CPU flag forced off (av_force_cpu_flags(0): no SIMD in the decoder or swscale) gives
-    the frames the SIMD run gives. Its non-exact fast bilinear scaler does change, which shows the flags bite."""
+    the 4:2:0 frames and their RGB the SIMD run gives. Its non-exact fast bilinear scaler does change, which shows
+    the flags bite."""
     import subprocess
     import sys
 
@@ -165,3 +167,9 @@ def test_decoded_and_resized_bytes_do_not_depend_on_ffmpegs_cpu_paths(tmp_path):
                            capture_output=True, text=True).stdout.split() for flags in ("on", "off")]
     assert runs[0][0] == runs[1][0]
     assert runs[0][1] != runs[1][1]
+
+
+def test_an_odd_size_is_a_clear_error(tmp_path):
+    path = write_index_video(tmp_path / "clip.mp4", 5)
+    with pytest.raises(ValueError, match="video.size must be even"):
+        load_video(str(path), 2, 31)

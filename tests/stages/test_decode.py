@@ -252,11 +252,11 @@ def test_an_io_error_is_retried_once_and_a_second_one_fails_the_stage_recording_
                                                                                          monkeypatch):
     real_load_video, calls = spectral.io.event.load_video, []
 
-    def flaky(path, *args, failures=1):
+    def flaky(path, *args, failures=1, **kwargs):
         calls.append(path)
         if "event_03" in path and calls.count(path) <= failures:
             raise OSError(errno.EIO, "Input/output error")
-        return real_load_video(path, *args)
+        return real_load_video(path, *args, **kwargs)
 
     monkeypatch.setattr(spectral.io.event, "load_video", flaky)
     report = run_decode(six_events, tmp_path / "once", KEEP)
@@ -265,7 +265,8 @@ def test_an_io_error_is_retried_once_and_a_second_one_fails_the_stage_recording_
     assert digest(tmp_path / "once") == digest(tmp_path / "clean") and clean["rejected"] == []
 
     calls.clear()
-    monkeypatch.setattr(spectral.io.event, "load_video", lambda path, *args: flaky(path, *args, failures=2))
+    monkeypatch.setattr(spectral.io.event, "load_video", lambda path, *args, **kwargs: flaky(path, *args, failures=2,
+                                                                                             **kwargs))
     with pytest.raises(MachineFailure, match=r"decode: event_03 failed twice with OSError: \[Errno 5\]"):
         run_decode(six_events, tmp_path / "twice", KEEP)
     index = json.loads((tmp_path / "twice" / "report.json").read_text())
@@ -349,10 +350,10 @@ def test_dvc_add_with_symlink_cache_keeps_every_recording(six_events, tmp_path):
 def test_an_event_past_its_time_budget_is_retried_then_stops_the_stage(six_events, tmp_path, monkeypatch):
     real_load_video = spectral.io.event.load_video
 
-    def hung(path, *args):
+    def hung(path, *args, **kwargs):
         if "event_02" in path:
             time.sleep(30)
-        return real_load_video(path, *args)
+        return real_load_video(path, *args, **kwargs)
 
     monkeypatch.setattr(spectral.io.event, "load_video", hung)
     started = time.monotonic()
