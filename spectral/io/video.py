@@ -21,7 +21,7 @@ from itertools import pairwise
 
 import av
 import numpy as np
-from av.video.reformatter import Interpolation, VideoReformatter
+from av.video.reformatter import ColorRange, Interpolation, VideoReformatter
 from PIL import Image
 
 from spectral.io.errors import InvalidMediaError
@@ -30,6 +30,10 @@ from spectral.io.yuv420 import Yuv420Frames
 _PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                 "area": Image.Resampling.BOX}
 _SWS_EXACT = Interpolation.BITEXACT | Interpolation.ACCURATE_RND
+# matrices swscale converts with (FFmpeg's AVColorSpace: BT.709, FCC, BT.470BG, SMPTE 170M and 240M, BT.2020); frames of
+# any other kind (RGB-coded sources, unspecified) are kept as BT.601, swscale's default
+_YUV_MATRICES = frozenset({1, 4, 5, 6, 7, 9, 10})
+_UNSPECIFIED_MATRIX = 2
 SWS_FILTERS = {"bilinear": Interpolation.BILINEAR | _SWS_EXACT, "bicubic": Interpolation.BICUBIC | _SWS_EXACT,
                 "area": Interpolation.AREA | _SWS_EXACT}
 
@@ -62,6 +66,11 @@ def _upright(frames: np.ndarray, rotation: int) -> np.ndarray:
     """[N, H, W, 3] frames turned as the display matrix says, so they look as any player shows them."""
     turns = _quarter_turns(rotation)
     return np.ascontiguousarray(np.rot90(frames, turns, axes=(1, 2))) if turns else frames
+
+
+def _kept_matrix(colorspace: int) -> int:
+    """The matrix kept 4:2:0 frames are in: the source's where swscale knows it, else unspecified (BT.601)."""
+    return int(colorspace) if colorspace in _YUV_MATRICES else _UNSPECIFIED_MATRIX
 
 
 def sample_indices(total_frames: int, num_frames: int) -> np.ndarray:
@@ -199,8 +208,9 @@ def read_frames_pyav(path: str, num_frames: int, size: int | None = None, interp
     if size is not None and size % 2:
         raise ValueError(f"video.size must be even (4:2:0 frames), got {size}")
     scaler = VideoReformatter()
-    target = ({"format": "rgb24"} if size is None else
-              {"format": "yuv420p", "width": size, "height": size, "interpolation": SWS_FILTERS[interpolation]})
+    target = ({"format": "rgb24"} if size is None else  # kept frames are limited range: full-range sources convert
+              {"format": "yuv420p", "width": size, "height": size, "interpolation": SWS_FILTERS[interpolation],
+               "dst_color_range": ColorRange.MPEG})
     with av.open(path) as container:
         stream = _video_stream(container)
         stream.thread_count = 1  # one thread per worker: `decode.workers` spreads events over the cores
@@ -212,17 +222,18 @@ def read_frames_pyav(path: str, num_frames: int, size: int | None = None, interp
         pending = sorted(wanted_set)
         sampled = SampledFrames(wanted)
         decoded = corrupt = 0
-        rotation = colorspace = None
+        rotation = None
 
         def take(frame: av.VideoFrame) -> None:
-            nonlocal decoded, corrupt, rotation, colorspace
+            nonlocal decoded, corrupt, rotation
             index = decoded if plan is None else plan.by_pts.get(frame.pts, -1)
             decoded += 1
             rotation = _quarter_turns(frame.rotation) * 90 if rotation is None else rotation
             if index in pending:
-                colorspace = frame.colorspace if colorspace is None else colorspace
-                corrupt += int(frame.is_corrupt) * sampled.put(index, scaler.reformat(frame, threads=1,
-                                                                                      **target).to_ndarray())
+                if size is not None and "dst_colorspace" not in target:  # the first kept frame's, for the clip
+                    target["dst_colorspace"] = _kept_matrix(frame.colorspace)
+                kept = scaler.reformat(frame, threads=1, **target).to_ndarray()
+                corrupt += int(frame.is_corrupt) * sampled.put(index, kept)
                 pending.remove(index)
 
         position = 0
@@ -245,7 +256,7 @@ def read_frames_pyav(path: str, num_frames: int, size: int | None = None, interp
     info = replace(info, decoded_frames=decoded, repeated_frames=repeated, corrupt_frames=corrupt)
     if size is None:
         return _upright(frames, info.rotation), info
-    kept = Yuv420Frames(frames, colorspace).rotated(_quarter_turns(info.rotation))
+    kept = Yuv420Frames(frames, target["dst_colorspace"]).rotated(_quarter_turns(info.rotation))
     return (kept if as_yuv else kept.rgb()), info
 
 

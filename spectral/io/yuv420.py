@@ -14,7 +14,8 @@ import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
 
 _UNSPECIFIED = 2  # FFmpeg's AVCOL_SPC_UNSPECIFIED: swscale reads it as BT.601
-_TO_RGB = Interpolation.BILINEAR | Interpolation.BITEXACT | Interpolation.ACCURATE_RND
+# bilinear chroma across and down (without FULL_CHR_H_INT swscale repeats chroma across: rotated clips would differ)
+_TO_RGB = Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INT | Interpolation.BITEXACT | Interpolation.ACCURATE_RND
 
 
 @dataclass(frozen=True)
@@ -22,8 +23,9 @@ class Yuv420Frames:
     """Square sampled frames kept in 4:2:0, as the source codes them: half the samples of RGB to scale and store.
 
     `data` is FFmpeg's yuv420p layout, uint8 [N, 3S/2, S]: the S×S luma plane, then the S/2×S/2 U and V planes,
-    flattened in rows of S. `colorspace` is the source's matrix tag (FFmpeg's AVColorSpace), which turning the
-    frames into RGB needs and lossless storage carries (the H.264 stream's VUI).
+    flattened in rows of S; limited range. `colorspace` is the matrix (FFmpeg's AVColorSpace; one swscale converts
+    with, spectral.io.video), which turning the frames into RGB needs and lossless storage carries (the H.264
+    stream's VUI).
     """
 
     data: np.ndarray

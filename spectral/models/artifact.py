@@ -15,8 +15,8 @@ import torch
 from spectral.models.backbone import BackboneInfo, FrameEncoder, rebuild_frame_encoder
 from spectral.models.fusion import SpectralFusionModel
 
-FORMAT = "spectral-model/6"  # 3: absent-modality embeddings, temperature, OOD detector; 4: label-noise floor;
-# 5: class bias per modality pattern; 6: branch embedding bounds
+FORMAT = "spectral-model/7"  # 3: absent-modality embeddings, temperature, OOD detector; 4: label-noise floor;
+# 5: class bias per modality pattern; 6: branch embedding bounds; 7: frames scaled in 4:2:0 (spectral.io.yuv420)
 
 
 def export_model(model: SpectralFusionModel, frame_encoder: FrameEncoder, config: dict, path: Path) -> int:

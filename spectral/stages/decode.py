@@ -30,7 +30,7 @@ import tarfile
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -168,17 +168,19 @@ def _ready() -> None:
 
 
 @contextlib.contextmanager
-def _decode_workers(workers: int) -> Iterator[ProcessPoolExecutor | None]:
-    """Worker processes when `workers > 1`, started at once: spawning them and their imports overlap the
-    writer's own start-up and the hashing of the inputs instead of delaying the first event."""
+def _decode_workers(workers: int) -> Iterator[tuple[ProcessPoolExecutor | None, list[Future]]]:
+    """(pool, one `_ready` future per worker) when `workers > 1`: the processes start at once, so spawning
+    them and their imports overlap the writer's own start-up. On the way out, work not yet started is
+    dropped (after an error nothing more is wanted from it)."""
     if workers <= 1:
-        yield None
+        yield None, []
         return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=die_with_parent) as pool:
-        for _ in range(workers):  # the executor starts a process for each task no idle worker can take
-            pool.submit(_ready)
-        yield pool
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent)
+    try:
+        # the executor starts a process for each task no idle worker can take
+        yield pool, [pool.submit(_ready) for _ in range(workers)]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _ordered_results(folders: list[Path], cfg: DecodeConfig, pool: ProcessPoolExecutor | None) -> Iterator[Result]:
@@ -308,17 +310,19 @@ def run_decode(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks 
 
     Under torchrun (`ranks` from spectral.runtime.distributed.stage_ranks) each rank makes whole shards of
     the plan and rank 0 writes the report once every rank has reported its shards."""
-    with _decode_workers(cfg.workers) as pool:
-        return _decode_into_shards(events_dir, out_dir, cfg, ranks, pool)
+    with _decode_workers(cfg.workers) as (pool, ready):
+        return _decode_into_shards(events_dir, out_dir, cfg, ranks, pool, ready)
 
 
 def _decode_into_shards(events_dir: Path, out_dir: Path, cfg: DecodeConfig, ranks: Ranks,
-                        pool: ProcessPoolExecutor | None) -> dict:
+                        pool: ProcessPoolExecutor | None, ready: list[Future]) -> dict:
     # Imported here, not at module level: webdataset pulls in torch (1 s), and every spawned
     # decode worker imports this module; workers only decode, the writer lives in this process.
     from spectral.runtime.shards import AtomicTarWriter
 
-    started = time.perf_counter()  # after the start-up: the stage's own seconds
+    for worker in ready:
+        worker.result()  # a worker that cannot start (a broken install) fails the stage here, loudly
+    started = time.perf_counter()  # after the start-up (imports, worker processes): the stage's own seconds
     check_format(cfg.frame_format, cfg.jpeg_quality)
     check_backend(cfg.backend)  # a decoder that cannot be imported fails here, before any event is touched
     # one listing, rank 0's: events arriving mid-run (a growing archive) must not give ranks different plans

@@ -1,5 +1,6 @@
 """The frame cache formats: exact where they claim to be, and the same bytes whatever the CPU."""
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -82,3 +83,16 @@ def test_jpeg_bytes_do_not_depend_on_the_cpu_paths(photos):
 def test_unknown_format_is_a_clear_error(photos):
     with pytest.raises(ValueError, match="frame_format must be one of h264, jpeg, npy"):
         encode_frames(photos, "webp", 95)
+
+
+def test_420_h264_bytes_are_the_same_in_concurrent_processes(photos_420, tmp_path):
+    """x264 once gave other bytes for identical frames from process to process under load, at widths whose chroma
+    rows are not whole 64-byte words (spectral.io.yuv.check_bit_exact_size); 224 has 112-sample chroma rows."""
+    np.save(tmp_path / "planes.npy", photos_420.data)
+    code = ("import sys, hashlib, numpy as np; from spectral.io.frames import h264_lossless; "
+            "from spectral.io.yuv420 import Yuv420Frames; "
+            "print(hashlib.sha256(h264_lossless(Yuv420Frames(np.load(sys.argv[1]), 1))).hexdigest())")
+    runs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "planes.npy")], stdout=subprocess.PIPE,
+                             text=True) for _ in range(4)]
+    digests = {run.communicate()[0].strip() for run in runs}
+    assert digests == {hashlib.sha256(h264_lossless(photos_420)).hexdigest()}

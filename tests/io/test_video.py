@@ -173,3 +173,33 @@ def test_an_odd_size_is_a_clear_error(tmp_path):
     path = write_index_video(tmp_path / "clip.mp4", 5)
     with pytest.raises(ValueError, match="video.size must be even"):
         load_video(str(path), 2, 31)
+
+
+def write_flat_clip(path, pix_fmt: str, codec: str = "libx264") -> None:
+    """Two flat colour fields, white and a saturated red, coded as `pix_fmt` (yuvj420p: full range, as many phones
+    and webcams record; rgb24: an RGB-coded source)."""
+    import av
+
+    image = np.zeros((96, 128, 3), np.uint8)
+    image[:, :64] = 255
+    image[:, 64:] = (200, 30, 60)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=10, options={"qp": "0"})
+        stream.width, stream.height, stream.pix_fmt = 128, 96, pix_fmt
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        for packet in stream.encode(frame if pix_fmt == "rgb24" else frame.reformat(format=pix_fmt)):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("pix_fmt,codec", [("yuv420p", "libx264"), ("yuvj420p", "libx264"),
+                                           ("rgb24", "libx264rgb")], ids=["limited", "full_range", "rgb"])
+def test_scaled_frames_keep_the_sources_colours(tmp_path, pix_fmt, codec):
+    """Kept 4:2:0 frames are limited range: a full-range or RGB-coded source is converted while scaling, not
+    read back with the wrong range (which stretched the red field by ~13 levels)."""
+    path = tmp_path / "flat.mp4"
+    write_flat_clip(path, pix_fmt, codec)
+    frames, _ = read_frames_pyav(str(path), 1, 32)
+    assert np.abs(frames[0, 16, 8].astype(int) - 255).max() <= 3
+    assert np.abs(frames[0, 16, 24].astype(int) - (200, 30, 60)).max() <= 3

@@ -125,7 +125,7 @@ def test_health_and_model_describe_what_is_served(server):
     url, _, model = server
     assert httpx.get(f"{url}/health").status_code == 200
     info = httpx.get(f"{url}/model", headers=HEADERS).json()
-    assert info["format"] == "spectral-model/6" and len(info["class_names"]) == 4
+    assert info["format"] == "spectral-model/7" and len(info["class_names"]) == 4
     assert info["calibration"]["temperature"] > 0 and info["ood"]["fitted"] is True
     assert httpx.get(f"{url}/model").status_code == 401
 

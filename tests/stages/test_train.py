@@ -45,7 +45,7 @@ def test_short_training_reduces_loss_and_writes_metrics(trained):
 def test_exported_model_gives_the_best_checkpoints_logits(trained, embedded, sensor_table):
     out, summary = trained
     payload = torch.load(out / "model.pt", weights_only=True)
-    assert payload["format"] == "spectral-model/6"
+    assert payload["format"] == "spectral-model/7"
     model, config = load_model(out / "model.pt")
     assert config["class_names"][3] == "Forma_Humanoide_Potencial" and len(config["sensor_features"]) == 15
     assert config["backbone"]["weights"].startswith("packaged:") and config["video"]["num_frames"] == 4
