@@ -75,7 +75,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folders = generate(Path(tmp), args.events, seed=0, cfg=SynthConfig(), workers=2)
         kept = [decode_event(f, args.frames, 224, "pyav", "bicubic")["frames.npy"] for f in folders]
-        frames = Yuv420Frames(np.concatenate([k.data for k in kept]), kept[0].colorspace)
+        (matrix,) = {k.colorspace for k in kept}  # the generator's clips share one: a bench of one Yuv420Frames
+        frames = Yuv420Frames(np.concatenate([k.data for k in kept]), matrix)
         one_pass = np.concatenate([one_pass_rgb(f / "video.mp4", args.frames) for f in folders])
     photos = np.stack([np.asarray(Image.fromarray(p).resize((224, 224), Image.Resampling.BICUBIC))
                        for p in (skimage_data.coffee(), skimage_data.astronaut(), skimage_data.chelsea())])

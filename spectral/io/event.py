@@ -46,8 +46,7 @@ def media_warnings(video: VideoInfo | None, audio: AudioInfo | None) -> list[str
 def decode_event(folder: Path, num_frames: int, size: int, backend: str, interpolation: str,
                  audio_seconds: float = TARGET_SECONDS, keep_missing: bool = False, links_inside: bool = False) -> dict:
     """One event's frames ("frames.npy": spectral.io.frames.Frames, 4:2:0 from PyAV, RGB from decord), int16 audio
-    and metadata; raises
-    EventError naming the file at fault. Labels are not read. `keep_missing`: a missing, empty or
+    and metadata; raises EventError naming the file at fault. Labels are not read. `keep_missing`: a missing, empty or
     undecodable video or audio is left out of the sample and named in json["missing"] with its reason
     (the model masks it), instead of rejecting the event. `links_inside`: links that resolve outside the
     folder holding the event (and its DVC cache) are refused (spectral.events.check_link)."""

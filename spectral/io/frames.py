@@ -24,6 +24,7 @@ from PIL import Image
 from spectral.io.yuv420 import Yuv420Frames
 
 FORMATS = ("h264", "jpeg", "npy")
+_LOSSLESS = ("h264", "npy")
 _NPY_MEMBER = "frames.npy"
 _H264_MEMBER = "frames.h264"  # raw Annex B stream: no container, so no muxer version or timestamps in the bytes
 # lossless, one thread. ultrafast: the cheapest preset (veryfast: 1.7x smaller shards, 2.4x the encode time, which
@@ -50,6 +51,7 @@ Frames = np.ndarray | Yuv420Frames  # uint8 RGB [N, H, W, 3], or 4:2:0 as PyAV d
 
 
 def rgb(frames: Frames) -> np.ndarray:
+    """uint8 RGB [N, H, W, 3] of either kind of frames."""
     return frames.rgb() if isinstance(frames, Yuv420Frames) else frames
 
 
@@ -115,5 +117,10 @@ def load_frames(sample: dict) -> np.ndarray:
 
 
 def stored_frames(frames: Frames, frame_format: str, quality: int) -> np.ndarray:
-    """The frames as a shard round trip returns them: what the model saw in training."""
+    """The frames as a shard round trip returns them: what the model saw in training. `h264` and `npy` give
+    back exactly their frames' RGB, matrix included (tests/io/test_frames.py), so only `jpeg` is encoded and
+    decoded again: predict does not pay for an x264 encode that changes nothing."""
+    check_format(frame_format, quality)
+    if frame_format in _LOSSLESS:
+        return rgb(frames)
     return load_frames(encode_frames(frames, frame_format, quality))

@@ -25,15 +25,11 @@ from av.video.reformatter import ColorRange, Interpolation, VideoReformatter
 from PIL import Image
 
 from spectral.io.errors import InvalidMediaError
-from spectral.io.yuv420 import Yuv420Frames
+from spectral.io.yuv420 import Yuv420Frames, kept_matrix
 
 _PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                 "area": Image.Resampling.BOX}
 _SWS_EXACT = Interpolation.BITEXACT | Interpolation.ACCURATE_RND
-# matrices swscale converts with (FFmpeg's AVColorSpace: BT.709, FCC, BT.470BG, SMPTE 170M and 240M, BT.2020); frames of
-# any other kind (RGB-coded sources, unspecified) are kept as BT.601, swscale's default
-_YUV_MATRICES = frozenset({1, 4, 5, 6, 7, 9, 10})
-_UNSPECIFIED_MATRIX = 2
 SWS_FILTERS = {"bilinear": Interpolation.BILINEAR | _SWS_EXACT, "bicubic": Interpolation.BICUBIC | _SWS_EXACT,
                 "area": Interpolation.AREA | _SWS_EXACT}
 
@@ -66,11 +62,6 @@ def _upright(frames: np.ndarray, rotation: int) -> np.ndarray:
     """[N, H, W, 3] frames turned as the display matrix says, so they look as any player shows them."""
     turns = _quarter_turns(rotation)
     return np.ascontiguousarray(np.rot90(frames, turns, axes=(1, 2))) if turns else frames
-
-
-def _kept_matrix(colorspace: int) -> int:
-    """The matrix kept 4:2:0 frames are in: the source's where swscale knows it, else unspecified (BT.601)."""
-    return int(colorspace) if colorspace in _YUV_MATRICES else _UNSPECIFIED_MATRIX
 
 
 def sample_indices(total_frames: int, num_frames: int) -> np.ndarray:
@@ -231,7 +222,7 @@ def read_frames_pyav(path: str, num_frames: int, size: int | None = None, interp
             rotation = _quarter_turns(frame.rotation) * 90 if rotation is None else rotation
             if index in pending:
                 if size is not None and "dst_colorspace" not in target:  # the first kept frame's, for the clip
-                    target["dst_colorspace"] = _kept_matrix(frame.colorspace)
+                    target["dst_colorspace"] = kept_matrix(frame.colorspace)
                 kept = scaler.reformat(frame, threads=1, **target).to_ndarray()
                 corrupt += int(frame.is_corrupt) * sampled.put(index, kept)
                 pending.remove(index)

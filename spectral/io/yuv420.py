@@ -14,8 +14,17 @@ import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
 
 _UNSPECIFIED = 2  # FFmpeg's AVCOL_SPC_UNSPECIFIED: swscale reads it as BT.601
+# matrices swscale converts with (FFmpeg's AVColorSpace: BT.709, FCC, BT.470BG, SMPTE 170M and 240M, BT.2020 NCL;
+# it refuses BT.2020 CL, 10)
+MATRICES = frozenset({1, 4, 5, 6, 7, 9})
 # bilinear chroma across and down (without FULL_CHR_H_INT swscale repeats chroma across: rotated clips would differ)
 _TO_RGB = Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INT | Interpolation.BITEXACT | Interpolation.ACCURATE_RND
+
+
+def kept_matrix(colorspace: int) -> int:
+    """The matrix frames are kept in: the source's where swscale knows it; else (RGB-coded sources, unspecified)
+    unspecified, which reads as BT.601."""
+    return int(colorspace) if colorspace in MATRICES else _UNSPECIFIED
 
 
 @dataclass(frozen=True)
@@ -23,9 +32,8 @@ class Yuv420Frames:
     """Square sampled frames kept in 4:2:0, as the source codes them: half the samples of RGB to scale and store.
 
     `data` is FFmpeg's yuv420p layout, uint8 [N, 3S/2, S]: the S×S luma plane, then the S/2×S/2 U and V planes,
-    flattened in rows of S; limited range. `colorspace` is the matrix (FFmpeg's AVColorSpace; one swscale converts
-    with, spectral.io.video), which turning the frames into RGB needs and lossless storage carries (the H.264
-    stream's VUI).
+    flattened in rows of S; limited range. `colorspace` is the matrix (FFmpeg's AVColorSpace, `kept_matrix`),
+    which turning the frames into RGB needs and lossless storage carries (the H.264 stream's VUI).
     """
 
     data: np.ndarray

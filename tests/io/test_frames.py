@@ -12,7 +12,7 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from spectral.io.frames import encode_frames, h264_lossless, load_frames, stored_frames
-from spectral.io.yuv420 import Yuv420Frames
+from spectral.io.yuv420 import MATRICES, Yuv420Frames
 
 BT601, BT709 = 5, 1  # FFmpeg's AVColorSpace values (smpte170m, bt709)
 
@@ -58,6 +58,15 @@ def test_420_frames_are_stored_losslessly_with_their_colour_matrix(photos, photo
     as_bt601 = Yuv420Frames(photos_420.data, BT601).rgb()
     assert np.abs(as_bt601.astype(int) - photos).mean() > 3
     assert len(stored["frames.h264"]) < len(encode_frames(photos, "h264", 95)["frames.h264"]) * 0.6
+
+
+@pytest.mark.parametrize("matrix", sorted(MATRICES | {2}))
+def test_every_kept_matrix_comes_back_from_h264(photos, matrix):
+    """`stored_frames` trusts h264 to give back its frames' RGB without the round trip: so must the stream, for
+    every matrix frames are kept in (the VUI carries it; the decoder's tag picks the conversion)."""
+    frames = yuv420(photos, matrix)
+    np.testing.assert_array_equal(load_frames(encode_frames(frames, "h264", 95)), frames.rgb())
+    np.testing.assert_array_equal(stored_frames(frames, "h264", 95), frames.rgb())
 
 
 def test_420_frames_are_stored_as_the_rgb_they_mean(photos_420):

@@ -203,3 +203,21 @@ def test_scaled_frames_keep_the_sources_colours(tmp_path, pix_fmt, codec):
     frames, _ = read_frames_pyav(str(path), 1, 32)
     assert np.abs(frames[0, 16, 8].astype(int) - 255).max() <= 3
     assert np.abs(frames[0, 16, 24].astype(int) - (200, 30, 60)).max() <= 3
+
+
+def test_a_matrix_swscale_refuses_is_read_as_bt601(tmp_path):
+    """swscale refuses BT.2020 constant-luminance frames (EOPNOTSUPP, which a stage would take for the machine's
+    failure and stop on); such a clip is kept with the default matrix instead."""
+    import av
+
+    path = tmp_path / "bt2020cl.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.colorspace = 10  # AVCOL_SPC_BT2020_CL, written to the VUI
+        for _ in range(3):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((72, 64), 100, np.uint8),
+                                                                   format="yuv420p")))
+        container.mux(stream.encode())
+    kept, _ = read_frames_pyav(str(path), 2, 32, as_yuv=True)
+    assert kept.colorspace == 2 and kept.rgb().shape == (2, 32, 32, 3)
