@@ -17,6 +17,7 @@ and `spectral decode` as a command (startup included). `--profile` prints where 
 from __future__ import annotations
 
 import argparse
+import io
 import shutil
 import subprocess
 import sys
@@ -32,8 +33,9 @@ import numpy as np
 from common import write_result
 
 from spectral.io.audio import load_audio
-from spectral.io.frames import h264_lossless
+from spectral.io.frames import h264_lossless, load_frames
 from spectral.io.video import SWS_FILTERS, probe_video, read_frames_pyav, sample_indices
+from spectral.io.yuv420 import Yuv420Frames
 from spectral.stages.decode import DecodeConfig, run_decode
 from spectral.stages.synth import SynthConfig, generate
 
@@ -124,6 +126,14 @@ def stage_cli(events: Path, out: Path, frames: int, workers: int) -> float:
         check=True, capture_output=True))
 
 
+def demuxed_rgb(data: bytes) -> np.ndarray:
+    """A shard's frames read back as a file: av.open probes the raw stream (decoding its first frames) and
+    FFmpeg picks its own thread count. The loader's way without those, for comparison."""
+    with av.open(io.BytesIO(data), format="h264") as container:
+        decoded = list(container.decode(video=0))
+    return Yuv420Frames(np.stack([frame.to_ndarray() for frame in decoded]), decoded[0].colorspace).rgb()
+
+
 def profile(events: Path, frames: int, clip_frames: int) -> dict:
     """Milliseconds per sampled frame of each part of the stage's work, measured one part at a time."""
     videos = sorted(events.glob("*/video.mp4"))
@@ -156,7 +166,13 @@ def profile(events: Path, frames: int, clip_frames: int) -> dict:
     parts = {"demux + decode + resize (the stage's reader)": timed(read_all)}
     parts["  of which: decode up to the last sampled frame, no skipping"] = timed(decode_only)
     parts["  of which: decode + swscale 4:2:0 resize, no skipping"] = timed(resize_only)
-    parts["lossless H.264 encode of the 224x224 4:2:0 frames"] = timed(lambda: [h264_lossless(f) for f in decoded])
+    stored: list[bytes] = []
+    parts["lossless H.264 encode of the 224x224 4:2:0 frames"] = timed(
+        lambda: stored.extend(h264_lossless(f) for f in decoded))
+    parts["reading them back to RGB (the embed loader: `load_frames`)"] = timed(
+        lambda: [load_frames({"frames.h264": data}) for data in stored])
+    parts["  the same through a demuxer (av.open probes each stream)"] = timed(
+        lambda: [demuxed_rgb(data) for data in stored])
     parts["4:2:0 to RGB (what the embed stage and predict do)"] = timed(lambda: [f.rgb() for f in decoded])
     parts["audio decode + resample"] = timed(lambda: [load_audio(str(v.parent / "audio.wav"), length=5 * 16_000)
                                                       for v in videos])

@@ -76,17 +76,27 @@ def h264_lossless(frames: Frames, x264_params: str = "") -> bytes:
     return buffer.getvalue()
 
 
+def _decode_h264(data: bytes) -> list[av.VideoFrame]:
+    """Every frame of a raw H.264 stream, on one thread and without a demuxer: opening the stream as a file
+    probes it by decoding its first frames an extra time (~3 ms a clip, bench/decode.py --profile), and the
+    loader's processes, not FFmpeg's threads, are what share the cores."""
+    decoder = av.CodecContext.create("h264", "r")
+    decoder.thread_count = 1
+    packets = [*decoder.parse(data), *decoder.parse(None), None]  # parse(None) hands over the last frame
+    return [frame for packet in packets for frame in decoder.decode(packet)]
+
+
 def _from_h264(data: bytes) -> np.ndarray:
     """RGB frames of a lossless stream: 4:2:0 ones through the one conversion (Yuv420Frames.rgb), RGB ones
     (x264 codes planar G, B, R) as PyAV returns them, without swscale."""
-    with av.open(io.BytesIO(data), format="h264") as container:
-        decoded = list(container.decode(video=0))
+    decoded = _decode_h264(data)
     layouts = {frame.format.name for frame in decoded}
     if layouts == {"gbrp"}:
         return np.stack([frame.to_ndarray() for frame in decoded])
     if layouts != {"yuv420p"}:
-        raise ValueError(f"frames.h264 holds {', '.join(sorted(layouts))} frames, not lossless 4:2:0 or RGB (gbrp)")
-    return Yuv420Frames(np.stack([frame.to_ndarray() for frame in decoded]), decoded[0].colorspace).rgb()
+        raise ValueError(f"frames.h264 holds {', '.join(sorted(layouts)) or 'no'} frames, not lossless 4:2:0 or "
+                         f"RGB (gbrp)")
+    return Yuv420Frames.decoded(decoded).rgb()
 
 
 def encode_frames(frames: Frames, frame_format: str, quality: int) -> dict[str, bytes | np.ndarray]:

@@ -59,8 +59,18 @@ class Yuv420Frames:
         a frame's chroma siting, which a decoder sets and `from_ndarray` does not, so converting decoded
         frames directly would differ from converting the same planes here."""
         scaler = VideoReformatter()
-        return np.stack([scaler.reformat(self.frame(i), format="rgb24", interpolation=_TO_RGB, threads=1).to_ndarray()
-                         for i in range(len(self))])
+        out = np.empty((len(self), self.size, self.size, 3), np.uint8)  # filled in place: one array, no stack
+        for i in range(len(self)):
+            out[i] = scaler.reformat(self.frame(i), format="rgb24", interpolation=_TO_RGB, threads=1).to_ndarray()
+        return out
+
+    @classmethod
+    def decoded(cls, frames: list[av.VideoFrame]) -> Yuv420Frames:
+        """Decoded yuv420p frames (a lossless shard stream) as kept frames, in the matrix their stream carries."""
+        data = np.empty((len(frames), *frames[0].to_ndarray().shape), np.uint8)
+        for i, frame in enumerate(frames):
+            data[i] = frame.to_ndarray()
+        return cls(data, frames[0].colorspace)
 
     def rotated(self, quarter_turns: int) -> Yuv420Frames:
         """The frames turned counter-clockwise by quarter turns, plane by plane (a square stays a square)."""
