@@ -67,7 +67,7 @@ class Yuv420Frames:
     @classmethod
     def decoded(cls, frames: list[av.VideoFrame]) -> Yuv420Frames:
         """Decoded yuv420p frames (a lossless shard stream) as kept frames, in the matrix their stream carries."""
-        data = np.empty((len(frames), *frames[0].to_ndarray().shape), np.uint8)
+        data = np.empty((len(frames), frames[0].height * 3 // 2, frames[0].width), np.uint8)  # yuv420p's layout
         for i, frame in enumerate(frames):
             data[i] = frame.to_ndarray()
         return cls(data, frames[0].colorspace)
