@@ -78,8 +78,8 @@ def h264_lossless(frames: Frames, x264_params: str = "") -> bytes:
 
 def _decode_h264(data: bytes) -> list[av.VideoFrame]:
     """Every frame of a raw H.264 stream, on one thread and without a demuxer: opening the stream as a file
-    probes it by decoding its first frames an extra time (~3 ms a clip, bench/decode.py --profile), and the
-    loader's processes, not FFmpeg's threads, are what share the cores."""
+    probes it by decoding its first frames an extra time (3-5 ms a clip of 16 frames, bench/decode.py
+    --profile), and the loader's processes, not FFmpeg's threads, are what share the cores."""
     decoder = av.CodecContext.create("h264", "r")
     decoder.thread_count = 1
     packets = [*decoder.parse(data), *decoder.parse(None), None]  # parse(None) hands over the last frame

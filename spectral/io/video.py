@@ -196,8 +196,8 @@ def read_frames_pyav(path: str, num_frames: int, size: int | None = None, interp
     """
     if not path:
         raise ValueError("empty path")
-    if size is not None and size % 2:
-        raise ValueError(f"video.size must be even (4:2:0 frames), got {size}")
+    if size is not None:
+        check_size(size)
     scaler = VideoReformatter()
     target = ({"format": "rgb24"} if size is None else  # kept frames are limited range: full-range sources convert
               {"format": "yuv420p", "width": size, "height": size, "interpolation": SWS_FILTERS[interpolation],
@@ -323,6 +323,12 @@ def resize_frames(frames: np.ndarray, size: int, interpolation: str = "bicubic")
     """Squash each frame to size×size with PIL's antialiased resampling (no aspect crop, as in the spec)."""
     resample = _PIL_FILTERS[interpolation]
     return np.stack([np.asarray(Image.fromarray(f).resize((size, size), resample)) for f in frames])
+
+
+def check_size(size: int) -> None:
+    """Frames are kept in 4:2:0, whose chroma planes are half the size: an odd size has no such layout."""
+    if size % 2:
+        raise ValueError(f"video.size must be even (frames are kept in 4:2:0), got {size}")
 
 
 def check_backend(backend: str) -> None:

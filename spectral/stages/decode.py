@@ -53,7 +53,7 @@ from spectral.events import (
 from spectral.io.audio import TARGET_RATE, audio_samples
 from spectral.io.event import DECODED_FILES, KEPT_MISSING, decode_event
 from spectral.io.frames import check_format, encode_frames
-from spectral.io.video import check_backend
+from spectral.io.video import check_backend, check_size
 from spectral.runtime.distributed import SINGLE_PROCESS, Ranks, assign_by_size
 from spectral.runtime.incremental import (
     digest,
@@ -106,8 +106,7 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         check_missing_policy(self.missing_modality)
         check_link_policy(self.links_outside_events)
-        if self.size % 2:
-            raise ValueError(f"video.size must be even (frames are kept in 4:2:0), got {self.size}")
+        check_size(self.size)
 
     def sample_config(self) -> dict:
         """What a decoded sample's bytes depend on (with the media and the code): its reuse key."""
